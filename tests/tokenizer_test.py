@@ -1,0 +1,41 @@
+"""The offline Qwen3 tokenizer build and the chat prompt."""
+
+from stepgrpo_jax import tokenizer
+
+
+def test_built_tokenizer_matches_qwen3_ids(qwen3_tokenizer_dir):
+    tok = tokenizer.load(qwen3_tokenizer_dir)
+    assert tok.encode("Wait, let me check. </think>", add_special_tokens=False) == [
+        14190, 11, 1077, 752, 1779, 13, 220, 151668]
+    assert tok.encode(" Wait", add_special_tokens=False) == [13824]
+    assert tok.encode("\n\n", add_special_tokens=False) == [271]
+    specials = tok.convert_tokens_to_ids(list(tokenizer.QWEN3_SPECIAL_TOKENS))
+    assert specials == list(range(151643, 151669))
+    assert tok.eos_token_id == 151645 and tok.pad_token_id == 151643
+
+
+def test_round_trip_text(qwen3_tokenizer_dir):
+    tok = tokenizer.load(qwen3_tokenizer_dir)
+    text = "<think>\nLet x = 3½ · 2 — so x=7.\nWait, 3.5*2 = 7.</think>\n\n\\boxed{7} 数学"
+    ids = tok.encode(text, add_special_tokens=False)
+    assert tok.decode(ids) == text
+
+
+def test_chat_prompt_matches_official_layout(qwen3_tokenizer_dir):
+    tok = tokenizer.load(qwen3_tokenizer_dir)
+    expected = "<|im_start|>user\nWhat is 1+1?<|im_end|>\n<|im_start|>assistant\n"
+    assert tokenizer.chat_prompt("What is 1+1?") == expected
+    ids = tokenizer.encode_chat(tok, "What is 1+1?")
+    assert ids[:3] == [151644, 872, 198]  # <|im_start|> user \n
+    assert ids[-3:] == [151644, 77091, 198]  # <|im_start|> assistant \n
+    assert tok.decode(ids) == expected
+    # The template saved with the tokenizer writes the same ids.
+    via_template = tok.apply_chat_template([{"role": "user", "content": "What is 1+1?"}],
+                                           add_generation_prompt=True, tokenize=False)
+    assert via_template == expected
+
+
+def test_problem_prompt():
+    prompt = tokenizer.problem_prompt("Solve x+1=2.")
+    assert prompt.endswith("Solve x+1=2. Please reason step by step, and put your final answer "
+                           "within \\boxed{}.<|im_end|>\n<|im_start|>assistant\n")
