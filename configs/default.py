@@ -1,0 +1,117 @@
+"""Every field of a Step-GRPO run, with the defaults of the paper's reference run (SPEC.md).
+
+Experiments start from this file and change a few lines:
+
+  python main.py --config configs/default.py --workdir /tmp/run \
+      --config.model_dir=/models/Qwen3-8B --config.data.train_files=dapo.parquet
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.mode = "grpo"  # grpo: RL training; sft: supervised warm start; eval: evaluation only.
+    c.seed = 0  # Seeds init, data order and sampling (the RNG is folded with the step).
+    c.total_steps = 100  # Rollout steps (grpo) or optimiser steps (sft).
+
+    # Model: an HF directory or a checkpoint of ours; empty = random init of `model.preset`.
+    c.model_dir = ""
+    c.tokenizer_dir = ""  # Default: model_dir.
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = "qwen3-0.6b"  # Shapes used when model_dir is empty.
+    c.model.overrides = ml_collections.ConfigDict()  # ModelConfig fields changed on the preset.
+    c.model.dtype = "bfloat16"  # Compute dtype.
+    c.model.param_dtype = "float32"  # float32 master weights (bf16 compute) by default.
+    c.model.remat = "full"  # none | full | dots | dots_no_batch: what backward recomputes.
+
+    c.data = ml_collections.ConfigDict()
+    c.data.train_files = ()  # JSONL / Parquet files of problems with reference answers.
+    c.data.problem_field = "problem"  # Dotted path: DAPO-Math-17k uses "prompt.0.content".
+    c.data.answer_field = "answer"  # DAPO-Math-17k: "reward_model.ground_truth".
+    c.data.answer_format = "plain"  # plain | gsm8k (the reference answer follows "####").
+    c.data.skip_malformed = False  # False: a malformed row is an error naming file and line.
+    c.data.shuffle = True
+    c.data.cache_dir = ""  # Where the ArrayRecord files go (default ~/.cache/stepgrpo_jax/tfds).
+
+    # Rollouts (SPEC §3 and §5).
+    c.sampling = ml_collections.ConfigDict()
+    c.sampling.max_prompt_len = 2048  # Longer prompts are an error.
+    c.sampling.max_new_tokens = 16384  # Response budget (thinking + answer).
+    c.sampling.temperature = 1.0
+    c.sampling.top_p = 1.0
+    c.sampling.top_k = 0  # 0: off.
+    c.sampling.cache_dtype = "bfloat16"
+    c.sampling.prompt_bucket = 128  # Prompts pad to a multiple of this: fewer recompiles.
+
+    c.dtr = ml_collections.ConfigDict()  # Dynamic Truncated Rollout.
+    c.dtr.enabled = True
+    c.dtr.triggers = ("Wait",)  # Words that open a reasoning step.
+    c.dtr.threshold = 0.95  # Exit thinking when probe confidence > threshold (strict).
+    c.dtr.probe_prompt = "\n**Final Answer**\n\\boxed"
+    c.dtr.probe_budget = 20  # Greedy probe tokens before the probe counts as unsure.
+    c.dtr.max_probes = 10  # Probes per completion; after that it runs free.
+    c.dtr.think_budget_frac = 0.9  # Thinking budget = this x max_new_tokens.
+    c.dtr.forced_exit_margin = 50  # Within this many tokens of the budget, any probe exits.
+    c.dtr.exit_suffix = "\n</think>\n\n"
+    c.dtr.mask_forced = False  # True: appended (forced) tokens get no loss.
+
+    c.reward = ml_collections.ConfigDict()
+    # step_grpo | step_grpo_all_mu | no_step | grpo | grpo_lp (see rewards.group_rewards).
+    c.reward.kind = "step_grpo"
+    c.reward.alpha = 0.9  # Weight of accuracy vs format.
+    c.reward.beta = 0.5  # Strength of the step bonus / penalty.
+    c.reward.overlong = False  # DAPO soft overlong punishment on top.
+    c.reward.overlong_cache_len = 4096  # Its soft band below max_new_tokens.
+    c.reward.grader_timeout_s = 5.0  # A slower answer counts as wrong (and is counted).
+    c.reward.grader_workers = 2
+
+    c.grpo = ml_collections.ConfigDict()
+    c.grpo.group_size = 5  # G completions per prompt.
+    c.grpo.prompts_per_step = 512
+    c.grpo.num_minibatches = 4  # Optimiser updates per rollout step.
+    c.grpo.num_microbatches = 1  # Gradient accumulation inside one update.
+    c.grpo.adv_scale = "group"  # group | batch | none.
+    c.grpo.eps_low = 0.2
+    c.grpo.eps_high = 0.3
+    c.grpo.dual_clip = 3.0
+    c.grpo.logratio_clip = 20.0
+    c.grpo.kl_coef = 0.01  # 0 skips the reference model entirely.
+    c.grpo.kl_estimator = "k3"  # k1 | k2 | k3 (low_var_kl).
+    c.grpo.loss_agg = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm.
+    c.grpo.logprob_chunk = 1024  # Sequence chunk of the log-prob computation.
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.learning_rate = 1e-6
+    c.optim.schedule = "constant"  # constant | cosine | linear.
+    c.optim.warmup_steps = 0
+    c.optim.weight_decay = 0.01
+    c.optim.grad_clip = 1.0  # Global gradient-norm clip.
+    c.optim.max_skipped = 5  # Stop after this many non-finite updates in a row.
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.shape = (1, -1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices.
+    c.mesh.rules = ml_collections.ConfigDict()  # Logical axis -> mesh axes overrides.
+
+    c.ckpt = ml_collections.ConfigDict()
+    c.ckpt.every_steps = 10
+    c.ckpt.max_to_keep = 3
+    c.ckpt.async_save = True
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.files = ()  # Held-out files (same field mapping as data).
+    c.eval.every_steps = 0  # 0: only at the end of training (if files are given).
+    c.eval.max_problems = 0  # 0: all.
+    c.eval.num_samples = 1  # k samples per problem; accuracy is pass@1 averaged over k.
+    c.eval.batch_size = 64
+    c.eval.temperature = 0.6  # Qwen3's thinking-mode settings.
+    c.eval.top_p = 0.95
+    c.eval.top_k = 20
+    c.eval.max_new_tokens = 16384
+    c.eval.base_results = ""  # Results JSON of the base model, for compression rates.
+    c.eval.out = ""  # Default: {workdir}/eval.json.
+
+    c.log = ml_collections.ConfigDict()
+    c.log.every_steps = 1
+    c.log.tensorboard = True
+    return c
