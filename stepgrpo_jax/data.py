@@ -30,6 +30,7 @@ class Problem:
     problem: str
     answer: str
     source: str  # "file:line", for error messages and evaluation reports.
+    response: str = ""  # A reference response (supervised warm start), when mapped.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +38,7 @@ class FieldMap:
     problem: str = "problem"
     answer: str = "answer"
     answer_format: str = "plain"  # "gsm8k": the reference answer is the text after "####".
+    response: str = ""  # Field of a reference response, for supervised training ("": none).
 
 
 class DataError(ValueError):
@@ -73,13 +75,13 @@ def _rows(path: str) -> Iterator[tuple[int, Any]]:
                 yield i, e
 
 
-def parse_row(row: Any, fields: FieldMap) -> tuple[str, str]:
-    """(problem, answer) of one parsed row; raises ValueError saying what is wrong."""
+def parse_row(row: Any, fields: FieldMap) -> tuple[str, str, str]:
+    """(problem, answer, response) of one parsed row; raises ValueError saying what is wrong."""
     if isinstance(row, Exception):
         kind = "bad encoding" if isinstance(row, UnicodeDecodeError) else "invalid JSON"
         raise ValueError(f"{kind} ({row})")
     out = []
-    for name in (fields.problem, fields.answer):
+    for name in (fields.problem, fields.answer) + ((fields.response,) if fields.response else ()):
         try:
             value = _field(row, name)
         except KeyError:
@@ -87,7 +89,7 @@ def parse_row(row: Any, fields: FieldMap) -> tuple[str, str]:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ValueError(f"field {name!r} is a {type(value).__name__}, expected text")
         out.append(str(value).strip())
-    problem, answer = out
+    problem, answer, response = (*out, "") if len(out) == 2 else out
     if fields.answer_format == "gsm8k":
         if "####" not in answer:
             raise ValueError(f"field {fields.answer!r} has no '####' (answer_format=gsm8k)")
@@ -96,7 +98,9 @@ def parse_row(row: Any, fields: FieldMap) -> tuple[str, str]:
         raise ValueError(f"empty field {fields.problem!r}")
     if not answer:
         raise ValueError(f"empty field {fields.answer!r}")
-    return problem, answer
+    if fields.response and not response:
+        raise ValueError(f"empty field {fields.response!r}")
+    return problem, answer, response
 
 
 class ProblemFiles(tfds.core.GeneratorBasedBuilder):
@@ -119,7 +123,7 @@ class ProblemFiles(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         features = tfds.features.FeaturesDict({
             "problem": tfds.features.Text(), "answer": tfds.features.Text(),
-            "source": tfds.features.Text()})
+            "response": tfds.features.Text(), "source": tfds.features.Text()})
         return tfds.core.DatasetInfo(builder=self, features=features,
                                      metadata=tfds.core.MetadataDict())
 
@@ -132,13 +136,14 @@ class ProblemFiles(tfds.core.GeneratorBasedBuilder):
             for line, row in _rows(path):
                 source = f"{path}:{line}"
                 try:
-                    problem, answer = parse_row(row, self.fields)
+                    problem, answer, response = parse_row(row, self.fields)
                 except ValueError as e:
                     if not self.skip_malformed:
                         raise DataError(f"{source}: {e}") from None
                     self.skipped.append(f"{source}: {e}")
                     continue
-                yield source, {"problem": problem, "answer": answer, "source": source}
+                yield source, {"problem": problem, "answer": answer, "response": response,
+                               "source": source}
         self.info.metadata["skipped"] = self.skipped
 
 

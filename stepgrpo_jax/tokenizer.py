@@ -54,6 +54,10 @@ def encode_chat(tokenizer: PreTrainedTokenizerBase, user_text: str) -> list[int]
     return tokenizer.encode(chat_prompt(user_text), add_special_tokens=False)
 
 
+def encode_problem(tokenizer: PreTrainedTokenizerBase, problem: str) -> list[int]:
+    return tokenizer.encode(problem_prompt(problem), add_special_tokens=False)
+
+
 class _QwenTikTokenConverter(TikTokenConverter):
     """Reads the `.tiktoken` ranks file directly (base64 token, rank), so `tiktoken` is not
     needed; merges and the byte-level setup come from transformers' converter."""
