@@ -1,0 +1,271 @@
+r"""The overthinking testbed: addition problems, teacher traces with a re-checking habit, and a
+small byte-level tokenizer, all generated offline from a seed.
+
+A small Qwen3-architecture model warm-started on these traces learns the teacher's habit: a
+first attempt that sometimes drops a carry, a "Wait" step per fix, then 0-4 redundant "Wait"
+re-checks of an answer already right. Step-GRPO should learn to drop the re-checks.
+
+Difficulty d: one operand has d digits, the other d + 1 ("47 + 5" is d = 1, "47 + 385" is
+d = 2; d = 1 still has ~1,600 problems). More columns carry on harder problems and the teacher
+drops carries more readily there, so first attempts fail more often.
+
+The DTR probe (SPEC §3) is in-distribution by construction. Steps are lines, so a step boundary
+follows "\n" and the probe text `PROBE_PROMPT` reads exactly as the teacher's own closing
+`PROBE_PROMPT + "{432}" + EXIT_SUFFIX`. The teacher also sometimes writes a premature
+`**Final Answer** \boxed{422}` for a wrong answer and goes on with "Wait" instead of
+`</think>`. So in the data `</think>` follows a boxed answer exactly when that answer is right:
+a probe ends with `</think>` (confidence > 0) only if the model judges its current answer right.
+A fifth of the traces close thinking with `EXIT_SUFFIX` right after a step, as DTR does on an
+early exit, so the answer after an exit is in-distribution too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from stepgrpo_jax import tokenizer as tokenizer_lib
+
+PROBE_PROMPT = "\n**Final Answer**\n\\boxed"  # SPEC §3 defaults.
+EXIT_SUFFIX = "\n</think>\n\n"
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
+# An upper bound only: BPE runs out of pairs to merge (every word whole) below 400 tokens.
+MAX_VOCAB = 1024
+MAX_REDUNDANT = 4  # Redundant re-checks per trace: uniform in 0..MAX_REDUNDANT.
+PREMATURE = 0.5  # Chance of a premature "Final Answer" at each wrong answer before its fix.
+PLAIN_CLOSE = 0.2  # Chance that thinking ends with EXIT_SUFFIX alone, as after a DTR early exit.
+
+_PROBLEM = re.compile(r"What is (\d+) \+ (\d+)\?")
+_SPECIAL = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
+# Redundant re-checks of a right sum s = a + b: each confirms, none changes the answer.
+_CHECKS = (
+    "Wait, {s} - {b} = {a}. Yes.",
+    "Wait, {b} + {a} = {s}. Yes.",
+    "Wait, it ends in {s0}: {a1} + {b1} = {s1}. Right.",
+    "Wait, let me check again. Yes, {s}.",
+)
+
+
+def forget_prob(difficulty: int) -> float:
+    """Chance that the teacher drops the carry out of a column, rising with difficulty."""
+    return min(0.2 + 0.05 * difficulty, 0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Problems.
+# ---------------------------------------------------------------------------------------------
+
+
+def _number(digits: int, rng: random.Random) -> int:
+    return rng.randint(10 ** (digits - 1), 10**digits - 1)
+
+
+def _problem(difficulty: int, rng: random.Random) -> dict[str, Any]:
+    short, long = _number(difficulty, rng), _number(difficulty + 1, rng)
+    a, b = (short, long) if rng.random() < 0.5 else (long, short)
+    return {"problem": f"What is {a} + {b}?", "answer": str(a + b), "difficulty": difficulty}
+
+
+def make_problems(n: int, seed: int | str, difficulties: Sequence[int] = (1, 2, 3),
+                  exclude: Collection[str] = (), distinct: bool = True) -> list[dict[str, Any]]:
+    """n problems (`problem`, `answer`, `difficulty`), difficulties in turn, deterministic in
+    `seed`; none has its text in `exclude` (held-out problems), none repeats if `distinct`."""
+    if not difficulties or min(difficulties) < 1:
+        raise ValueError(f"difficulties must be digit counts >= 1, got {difficulties}")
+    rng = random.Random(f"problems:{seed}")
+    seen = set(exclude)
+    rows = []
+    for i in range(n):
+        d = difficulties[i % len(difficulties)]
+        for _ in range(1000):  # Rejection sampling; d = 1 has 1,620 problems in all.
+            row = _problem(d, rng)
+            if row["problem"] not in seen:
+                break
+        else:
+            raise ValueError(f"too few difficulty-{d} problems left for {n} rows")
+        if distinct:
+            seen.add(row["problem"])
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Teacher traces.
+# ---------------------------------------------------------------------------------------------
+
+
+def _digit(x: int, column: int) -> int:
+    return x // 10**column % 10
+
+
+def _sloppy_sum(a: int, b: int, forget: Collection[int]) -> tuple[int, int | None]:
+    """a + b column by column, dropping the carry out of each column in `forget` (except into a
+    new leading column: nobody forgets to write the leading 1). Returns the sum and the lowest
+    column whose carry was dropped (None when the sum is right)."""
+    width = max(len(str(a)), len(str(b)))
+    total, carry, dropped = 0, 0, None
+    for c in range(width):
+        s = _digit(a, c) + _digit(b, c) + carry
+        total, carry = total + s % 10 * 10**c, s // 10
+        if carry and c in forget and c + 1 < width:
+            carry = 0
+            dropped = c if dropped is None else dropped
+    return total + carry * 10**width, dropped
+
+
+def _fix(a: int, b: int, column: int, new_sum: int) -> str:
+    """The step that redoes one column, with its true incoming carry, and restates the sum."""
+    carry_in = (a % 10**column + b % 10**column) // 10**column
+    terms = [_digit(x, column) for x in (a, b) if x >= 10**column] + [carry_in] * carry_in
+    return (f"Wait, {' + '.join(map(str, terms))} = {sum(terms)}, carry 1. "
+            f"{a} + {b} = {new_sum}.")
+
+
+def _final(answer: int) -> str:
+    return f"{PROBE_PROMPT}{{{answer}}}\n"
+
+
+def make_trace(problem: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """One teacher response to `problem` (Qwen3 thinking format, ending in `<|im_end|>`).
+
+    Returns `response`; `steps` = 1 + `necessary` + `redundant` (SPEC §2 step count);
+    `first_correct`; and `settled`, one flag per "Wait": whether the answer stated just before
+    that step boundary is already right (where a DTR probe should be confident).
+    """
+    a, b = map(int, _PROBLEM.fullmatch(problem["problem"]).groups())
+    answer = a + b
+    q = forget_prob(problem["difficulty"])
+    # At most two dropped carries: a longer chain of fixes would bloat the rare worst traces.
+    forget = set(sorted(c for c in range(len(str(answer))) if rng.random() < q)[:2])
+    current, dropped = _sloppy_sum(a, b, forget)
+    parts = ["<think>\n", f"{a} + {b} = {current}.\n"]
+    settled, first_correct = [], current == answer
+    while dropped is not None:
+        if rng.random() < PREMATURE:
+            parts.append(_final(current))
+        forget.discard(dropped)
+        fixed_column, (current, dropped) = dropped, _sloppy_sum(a, b, forget)
+        parts.append(_fix(a, b, fixed_column, current) + "\n")
+        settled.append(False)
+    redundant = rng.sample(_CHECKS, rng.randint(0, MAX_REDUNDANT))
+    last = dict(a=a, b=b, s=answer, a1=a % 10, b1=b % 10, s1=a % 10 + b % 10, s0=answer % 10)
+    parts += [check.format(**last) + "\n" for check in redundant]
+    settled += [True] * len(redundant)
+    close = EXIT_SUFFIX if rng.random() < PLAIN_CLOSE else _final(answer) + EXIT_SUFFIX[1:]
+    parts += [close, f"The answer is \\boxed{{{answer}}}.<|im_end|>"]
+    necessary = len(settled) - len(redundant)
+    return {"response": "".join(parts), "steps": 1 + len(settled), "necessary": necessary,
+            "redundant": len(redundant), "first_correct": first_correct, "settled": settled}
+
+
+def make_sft_rows(n: int, seed: int | str, difficulties: Sequence[int] = (1, 2, 3),
+                  exclude: Collection[str] = ()) -> list[dict[str, Any]]:
+    """Warm-start rows: `problem`, `answer`, `difficulty`, `response` and the trace's counts.
+    Problems may repeat (with fresh traces) so the habit, not the problem, is what is learnt."""
+    rng = random.Random(f"traces:{seed}")
+    return [{**p, **make_trace(p, rng)}
+            for p in make_problems(n, seed, difficulties, exclude, distinct=False)]
+
+
+def write_jsonl(rows: Sequence[dict[str, Any]], path: str) -> str:
+    """One JSON object per line (the format `data.py` reads); returns `path`."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    return path
+
+
+def summarize(rows: Sequence[dict[str, Any]],
+              tok: PreTrainedTokenizerBase | None = None) -> dict[str, dict[str, float]]:
+    """Trace statistics of SFT rows, over all rows and per difficulty; token counts of the
+    responses too when a tokenizer `tok` is given."""
+    lengths = [len(tok.encode(r["response"], add_special_tokens=False)) if tok else 0
+               for r in rows]
+    groups = {"all": list(zip(rows, lengths, strict=True))}
+    for d in sorted({r["difficulty"] for r in rows}):
+        groups[f"difficulty_{d}"] = [(r, n) for r, n in groups["all"] if r["difficulty"] == d]
+    return {name: _stats(group, tok is not None) for name, group in groups.items()}
+
+
+def _stats(group: list[tuple[dict[str, Any], int]], with_tokens: bool) -> dict[str, float]:
+    rows = [r for r, _ in group]
+    extra = sum(r["steps"] - 1 for r in rows) or 1  # Steps beyond the first attempt.
+    out = {"rows": len(rows),
+           "steps_mean": sum(r["steps"] for r in rows) / len(rows),
+           "first_wrong": sum(not r["first_correct"] for r in rows) / len(rows),
+           "necessary_share": sum(r["necessary"] for r in rows) / extra,
+           "redundant_share": sum(r["redundant"] for r in rows) / extra}
+    if with_tokens:
+        lengths = sorted(n for _, n in group)
+        out.update(tokens_mean=sum(lengths) / len(lengths),
+                   tokens_p99=lengths[int(0.99 * (len(lengths) - 1))], tokens_max=lengths[-1])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer.
+# ---------------------------------------------------------------------------------------------
+
+
+def build_tokenizer(out_dir: str, seed: int = 0) -> str:
+    """Trains a byte-level BPE on generated prompts and traces; saves it in HF format.
+
+    Digits are split one per token (so sums are learnable column by column); words of the
+    corpus, "Wait" included, end up whole. Byte-level: any text round-trips. Deterministic in
+    `seed`.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    rows = make_sft_rows(2000, f"tokenizer:{seed}", difficulties=(1, 2, 3, 4))
+    # Special tokens are cut out first: their pieces ("<|", "im") would waste merges.
+    corpus = [piece for r in rows
+              for piece in _SPECIAL.split(tokenizer_lib.problem_prompt(r["problem"])
+                                          + r["response"]) if piece]
+    tok = Tokenizer(models.BPE())
+    # Every newline is a token of its own, so text split after a newline encodes as the two
+    # halves do: the probe and exit suffix, appended to a step that ends in "\n", get the same
+    # ids as the teacher's closing of thinking ("\n\n" as one token would differ).
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split("\n", behavior="isolated"),
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=MAX_VOCAB, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>",
+                                   chat_template=tokenizer_lib.CHAT_TEMPLATE,
+                                   clean_up_tokenization_spaces=False)
+    fast.save_pretrained(out_dir)
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole testbed.
+# ---------------------------------------------------------------------------------------------
+
+
+def prepare(out_dir: str, seed: int = 0, n_train: int = 3000, n_eval: int = 300,
+            n_sft: int = 6000, difficulties: Sequence[int] = (1, 2, 3)) -> dict[str, str]:
+    """Writes `tokenizer/`, `train.jsonl`, `eval.jsonl` (problem, answer, difficulty) and
+    `sft.jsonl` (+ response) under `out_dir`; returns their paths. Eval problems are distinct
+    and appear in neither train nor SFT rows."""
+    held_out = make_problems(n_eval, f"{seed}/eval", difficulties)
+    eval_texts = {p["problem"] for p in held_out}
+    train = make_problems(n_train, f"{seed}/train", difficulties, exclude=eval_texts)
+    sft = make_sft_rows(n_sft, f"{seed}/sft", difficulties, exclude=eval_texts)
+    return {
+        "tokenizer": build_tokenizer(os.path.join(out_dir, "tokenizer"), seed),
+        "train": write_jsonl(train, os.path.join(out_dir, "train.jsonl")),
+        "eval": write_jsonl(held_out, os.path.join(out_dir, "eval.jsonl")),
+        "sft": write_jsonl(sft, os.path.join(out_dir, "sft.jsonl")),
+    }
