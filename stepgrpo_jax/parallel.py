@@ -116,6 +116,41 @@ def constrain(x: jax.Array, axes: Axes) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
+def host_to_global(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Host-local rows -> global arrays split over the batch axes (data, fsdp)."""
+    sharding = named_sharding(mesh, ("act_batch",))
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def process_sum(x: float) -> float:
+    """Sum of a host-side number over all processes."""
+    if jax.process_count() == 1:
+        return float(x)
+    from jax.experimental import multihost_utils
+
+    return float(multihost_utils.process_allgather(np.float64(x)).sum())
+
+
+def process_max(x: int) -> int:
+    if jax.process_count() == 1:
+        return int(x)
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.process_allgather(np.int64(x)).max())
+
+
+def process_mean(values: Mapping[str, float], weight: float) -> dict[str, float]:
+    """Means over all processes of host-local means, weighted by each host's `weight`."""
+    if jax.process_count() == 1:
+        return dict(values)
+    from jax.experimental import multihost_utils
+
+    keys = sorted(values)
+    local = np.array([values[k] * weight for k in keys] + [weight], np.float64)
+    total = multihost_utils.process_allgather(local).sum(axis=0)
+    return {k: float(total[i] / total[-1]) for i, k in enumerate(keys)}
+
+
 def init_distributed(coordinator: str | None = None, num_processes: int | None = None,
                      process_id: int | None = None) -> None:
     """Starts `jax.distributed` when the job spans several processes.
