@@ -8,7 +8,9 @@ that array (it is replicated instead), so tiny test models run on any mesh.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -17,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
-# Logical name -> mesh axes. Override entries with `config.mesh.rules`.
+# Logical name -> mesh axes. Override entries with `config.mesh.rules` (see `logical_rules`).
 DEFAULT_RULES: dict[str, tuple[str, ...]] = {
     # Weights: FSDP shards the model dimension, tensor parallelism the heads / MLP / vocab.
     "vocab": ("tensor",),
@@ -43,6 +45,24 @@ DEFAULT_RULES: dict[str, tuple[str, ...]] = {
 }
 
 Axes = Sequence[str | None]
+Rules = Mapping[str, Sequence[str]]
+
+_RULES: contextvars.ContextVar[Rules | None] = contextvars.ContextVar("rules", default=None)
+
+
+@contextlib.contextmanager
+def logical_rules(rules: Rules | None) -> Iterator[None]:
+    """Overrides DEFAULT_RULES entries for every `constrain`, `logical_to_spec` and
+    `named_sharding` inside the block (nested blocks stack), so model code needs no rules argument.
+
+    Rules are read when a function is traced: jit's cache does not see them, so enter the block
+    around the whole run, before anything that uses them is jitted.
+    """
+    token = _RULES.set({**(_RULES.get() or {}), **(rules or {})})
+    try:
+        yield
+    finally:
+        _RULES.reset(token)
 
 
 def make_mesh(shape: Sequence[int] = (1, 1, -1),
@@ -67,13 +87,14 @@ def make_mesh(shape: Sequence[int] = (1, 1, -1),
 
 
 def logical_to_spec(axes: Axes, shape: Sequence[int] | None = None, mesh: Mesh | None = None,
-                    rules: Mapping[str, Sequence[str]] | None = None) -> PartitionSpec:
-    """The PartitionSpec of an array with logical `axes`.
+                    rules: Rules | None = None) -> PartitionSpec:
+    """The PartitionSpec of an array with logical `axes`, under DEFAULT_RULES overridden by
+    `logical_rules` and then by `rules`.
 
     With `shape` and `mesh`, mesh axes that do not divide a dimension (or that an earlier
     dimension already uses) are dropped, so the array is replicated along them.
     """
-    rules = {**DEFAULT_RULES, **(rules or {})}
+    rules = {**DEFAULT_RULES, **(_RULES.get() or {}), **(rules or {})}
     used: set[str] = set()
     spec = []
     for i, name in enumerate(axes):
@@ -97,7 +118,7 @@ def logical_to_spec(axes: Axes, shape: Sequence[int] | None = None, mesh: Mesh |
 
 
 def named_sharding(mesh: Mesh, axes: Axes, shape: Sequence[int] | None = None,
-                   rules: Mapping[str, Sequence[str]] | None = None) -> NamedSharding:
+                   rules: Rules | None = None) -> NamedSharding:
     return NamedSharding(mesh, logical_to_spec(axes, shape, mesh, rules))
 
 

@@ -21,8 +21,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _tensors(path):
     index = os.path.join(path, "model.safetensors.index.json")
-    files = (sorted(set(json.load(open(index))["weight_map"].values())) if os.path.exists(index)
-             else ["model.safetensors"])
+    files = ["model.safetensors"]
+    if os.path.exists(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
     out = {}
     for f in files:
         out.update(load_file(os.path.join(path, f)))
@@ -134,9 +136,11 @@ def test_wrong_shape(good_dir):
 
 def test_unsupported_architecture(good_dir):
     config = os.path.join(good_dir, "config.json")
-    c = json.load(open(config))
+    with open(config) as f:
+        c = json.load(f)
     c.update(model_type="llama", architectures=["LlamaForCausalLM"])
-    json.dump(c, open(config, "w"))
+    with open(config, "w") as f:
+        json.dump(c, f)
     with pytest.raises(model.UnsupportedModelError, match="config.json: model_type='llama'"):
         hf.load_pretrained(good_dir)
 

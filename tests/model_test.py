@@ -1,7 +1,10 @@
-"""The decoder against transformers' Qwen3ForCausalLM, cached decoding, presets, sharding."""
+"""The decoder against transformers' Qwen3ForCausalLM, blockwise = dense attention, cached
+decoding, presets, sharding rules and initialisation."""
 
+import functools
 import json
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +13,7 @@ import torch
 from tiny_models import save_tiny_hf_model
 
 from stepgrpo_jax import hf, model, parallel
+from stepgrpo_jax.model import qwen3
 
 # Parity configs: tied/untied, GQA ratio 1 and >1, head_dim != hidden/heads, both rope-θ styles.
 PARITY_CONFIGS = {
@@ -49,15 +53,19 @@ def test_logits_match_transformers(tmp_path, name):
     cfg, params = hf.load_pretrained(path, dtype=jnp.float32)
     assert cfg.tie_word_embeddings == m.config.tie_word_embeddings
     ids = np.random.RandomState(0).randint(0, cfg.vocab_size, (3, 11))
-    ours = np.asarray(model.forward(cfg, params, jnp.asarray(ids)))
-    diff = np.abs(ours - _torch_logits(m, ids)).max()
-    print(f"{name}: max |logit diff| = {diff:.3g}")
-    assert diff <= 1e-4
+    theirs = _torch_logits(m, ids)
+    for block in (0, 4):  # Dense, and blockwise with a block that does not divide T.
+        ours = np.asarray(model.forward(cfg.replace(attention_block=block), params, ids))
+        diff = np.abs(ours - theirs).max()
+        print(f"{name}, attention_block={block}: max |logit diff| = {diff:.3g}")
+        assert diff <= 1e-4
 
 
-def test_left_padded_batch_matches_unpadded_rows(tmp_path):
+@pytest.mark.parametrize("block", [0, 4])
+def test_left_padded_batch_matches_unpadded_rows(tmp_path, block):
     path, m = _hf_dir(tmp_path, "pad", **PARITY_CONFIGS["untied_gqa2"])
     cfg, params = hf.load_pretrained(path)
+    cfg = cfg.replace(attention_block=block)
     rng = np.random.RandomState(1)
     lengths = [9, 4, 6]
     T = max(lengths)
@@ -77,21 +85,67 @@ def test_left_padded_batch_matches_unpadded_rows(tmp_path):
     assert np.abs((padded - theirs)[mask]).max() <= 1e-4
 
 
-def test_cached_decoding_equals_full_forward():
+@pytest.mark.parametrize("block", [0, 4])
+def test_cached_decoding_equals_full_forward(block):
     cfg = model.ModelConfig(vocab_size=64, embed_dim=32, mlp_dim=48, num_layers=2, num_heads=4,
-                            num_kv_heads=2, head_dim=8)
+                            num_kv_heads=2, head_dim=8, attention_block=block)
     params = model.init_params(cfg, jax.random.key(0))
-    ids = jax.random.randint(jax.random.key(1), (2, 10), 0, 64)
-    full = model.forward(cfg, params, ids)
+    ids = np.random.RandomState(1).randint(0, 64, (2, 10))
+    forward = jax.jit(model.forward, static_argnums=0)
+    full = forward(cfg, params, ids)
     cache = model.init_cache(cfg, 2, 16, jnp.float32)
-    prefill_positions = jnp.tile(jnp.arange(6), (2, 1))
-    logits, cache = model.forward(cfg, params, ids[:, :6], positions=prefill_positions, cache=cache)
+    prefill_positions = np.tile(np.arange(6), (2, 1))
+    logits, cache = forward(cfg, params, ids[:, :6], positions=prefill_positions, cache=cache)
     steps = [logits]
     for t in range(6, 10):
-        logits, cache = model.forward(cfg, params, ids[:, t:t + 1],
-                                      positions=jnp.full((2, 1), t), cache=cache)
+        logits, cache = forward(cfg, params, ids[:, t:t + 1], positions=np.full((2, 1), t),
+                                cache=cache)
         steps.append(logits)
     np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=1e-5)
+
+
+def _padded_rows(lengths, T):
+    """A left-padded mask [B, T] with the given real lengths (0: a row of padding only)."""
+    return np.arange(T)[None, :] >= T - np.asarray(lengths)[:, None]
+
+
+@pytest.mark.parametrize("block, heads", [(4, (4, 2)), (5, (6, 1))])
+def test_blockwise_attention_equals_dense(block, heads):
+    """Values and gradients; blocks that do not divide T = 13, left padding, an all-padding row."""
+    (N, K), (B, T, H) = heads, (4, 13, 8)
+    rng = np.random.RandomState(0)
+    q, k, v, d_out = (rng.standard_normal((B, T, n, H)).astype(np.float32) for n in (N, K, K, N))
+    mask = _padded_rows([13, 8, 1, 0], T)
+    pos = model.default_positions(mask)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    @functools.partial(jax.value_and_grad, argnums=(1, 2, 3), has_aux=True)
+    def loss(block, q, k, v):
+        out = qwen3.attention(q, k, v, pos, pos, mask, block)
+        return jnp.sum(out * d_out), out
+
+    (_, dense), dense_grads = loss(0, q, k, v)
+    (_, blockwise), grads = loss(block, q, k, v)
+    np.testing.assert_allclose(blockwise, dense, atol=1e-5)
+    assert not np.asarray(blockwise[3]).any()  # A row that sees no key outputs 0.
+    for g, expected in zip(grads, dense_grads, strict=True):
+        np.testing.assert_allclose(g, expected, atol=1e-5)
+
+
+def test_blockwise_model_gradients_equal_dense():
+    cfg = model.ModelConfig(vocab_size=64, embed_dim=32, mlp_dim=48, num_layers=1, num_heads=4,
+                            num_kv_heads=2, head_dim=8, remat="full")
+    params = model.init_params(cfg, jax.random.key(0))
+    ids = np.random.RandomState(1).randint(0, 64, (3, 11))
+    mask = _padded_rows([11, 7, 3], 11)
+
+    def loss(params, block):
+        logits = model.forward(cfg.replace(attention_block=block), params, ids, mask)
+        return jnp.sum(jnp.where(mask[..., None], jax.nn.log_softmax(logits), 0.0))
+
+    dense, blockwise = (jax.jit(jax.grad(loss), static_argnums=1)(params, block)
+                        for block in (0, 4))
+    chex.assert_trees_all_close(blockwise, dense, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -123,7 +177,7 @@ def test_larger_presets_match_transformers_shapes(name):
     assert model.num_params(cfg) == sum(p.numel() for p in hf_model.parameters())
 
 
-def test_sharded_load_equals_one_device(tmp_path):
+def test_sharded_load_equals_one_device(tmp_path, capfd):
     path, _ = _hf_dir(tmp_path, "shard", **PARITY_CONFIGS["untied_gqa2"])
     cfg, params = hf.load_pretrained(path)
     ids = jnp.asarray(np.random.RandomState(2).randint(0, cfg.vocab_size, (4, 7)))
@@ -134,10 +188,29 @@ def test_sharded_load_equals_one_device(tmp_path):
     q = sharded["layers"]["q_proj"]
     assert len(q.sharding.device_set) == 8
     assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
+    capfd.readouterr()
     with jax.set_mesh(mesh):
         batch = jax.device_put(ids, parallel.named_sharding(mesh, ("act_batch", None), ids.shape))
-        logits = jax.jit(lambda p, x: model.forward(cfg, p, x))(sharded, batch)
-    np.testing.assert_allclose(np.asarray(logits), np.asarray(expected), atol=1e-5)
+        for block in (0, 3):
+            logits = jax.jit(model.forward, static_argnums=0)(
+                cfg.replace(attention_block=block), sharded, batch)
+            np.testing.assert_allclose(np.asarray(logits), np.asarray(expected), atol=1e-5)
+    # XLA logs (to stderr) when a sharding forces it to gather a whole array, e.g. the embedding.
+    assert "Involuntary full rematerialization" not in capfd.readouterr().err
+
+
+def test_init_params_sharded_equals_one_device():
+    cfg = model.ModelConfig(vocab_size=64, embed_dim=32, mlp_dim=48, num_layers=2, num_heads=4,
+                            num_kv_heads=2, head_dim=8, tie_word_embeddings=False)
+    expected = model.init_params(cfg, jax.random.key(0))
+    mesh = parallel.make_mesh((2, 2, 2))
+    shardings = parallel.tree_shardings(mesh, model.param_axes(cfg), model.abstract_params(cfg))
+    sharded = jax.jit(lambda key: model.init_params(cfg, key), out_shardings=shardings)(
+        jax.random.key(0))
+    assert jax.tree.map(lambda x: x.sharding, sharded) == shardings
+    chex.assert_trees_all_close(sharded, expected, atol=1e-7)  # Same draws, up to fusion.
+    weights = np.concatenate([np.ravel(x) for x in jax.tree.leaves(expected) if x.ndim > 2])
+    assert abs(weights.std() - 0.02) < 1e-3 and np.all(expected["layers"]["q_norm"] == 1)
 
 
 def test_logical_rules_drop_axes_that_do_not_divide():
@@ -148,3 +221,20 @@ def test_logical_rules_drop_axes_that_do_not_divide():
         parallel.logical_to_spec(("nonsense",))
     with pytest.raises(ValueError, match="needs 4 devices, 8 available"):
         parallel.make_mesh((2, 2, 1))
+
+
+def test_logical_rules_context_overrides_defaults():
+    mesh = parallel.make_mesh((2, 2, 2))
+    assert parallel.logical_to_spec(("embed",), (8,), mesh) == jax.sharding.PartitionSpec("fsdp")
+    with parallel.logical_rules({"embed": ("tensor",)}):
+        with parallel.logical_rules({"mlp": ()}):  # Nested blocks add to the outer one.
+            spec = parallel.logical_to_spec(("embed", "mlp"), (8, 8), mesh)
+            assert spec == jax.sharding.PartitionSpec("tensor", None)
+        # Explicit rules still win; constrain (inside jit, under the mesh) uses the context too.
+        spec = parallel.logical_to_spec(("embed",), (8,), mesh, rules={"embed": ("data",)})
+        assert spec == jax.sharding.PartitionSpec("data")
+        with jax.set_mesh(mesh):
+            x = jax.jit(lambda x: parallel.constrain(x * 2, ("embed",)))(jnp.ones(8))
+        assert x.sharding.spec == jax.sharding.PartitionSpec("tensor")
+    assert parallel.named_sharding(mesh, ("embed",), (8,)).spec == jax.sharding.PartitionSpec(
+        "fsdp")

@@ -30,6 +30,9 @@ class ModelConfig:
     dtype: str = "float32"  # Compute dtype of activations and matmuls.
     param_dtype: str = "float32"  # Storage dtype of the parameters.
     remat: str = "none"  # One of REMAT_POLICIES: what the backward pass recomputes per layer.
+    # Query/key block of the blockwise (flash) attention, whose memory is linear in the sequence;
+    # 0, or sequences no longer than it, use dense attention (float32 scores [B, N, T, S]).
+    attention_block: int = 512
     # Special tokens recorded in config.json (kept so an export reproduces the source config).
     bos_token_id: int | None = 151_643
     eos_token_id: int | tuple[int, ...] | None = 151_645
@@ -40,6 +43,8 @@ class ModelConfig:
                              f"num_kv_heads={self.num_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+        if self.attention_block < 0:
+            raise ValueError(f"attention_block={self.attention_block} must be >= 0")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r}; expected one of {REMAT_POLICIES}")
         for field in ("dtype", "param_dtype"):

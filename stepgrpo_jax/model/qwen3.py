@@ -6,11 +6,15 @@ K kv heads, G query heads per kv head (N = K*G), H head dim, V vocab, L layers.
 Params are a nested dict whose names follow HF's Qwen3 names (so `hf.py` is a short table);
 the layers are stacked on a leading `L` axis and run with `lax.scan`, which keeps compile time
 independent of depth. `param_specs` is the single table of names, shapes and logical axes.
+Attention runs blockwise with an online softmax and a FlashAttention-2 backward (memory linear
+in the sequence) for training and prefill, and dense for decoding.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import math
 from typing import Any, NamedTuple
 
@@ -77,14 +81,32 @@ def num_params(cfg: ModelConfig) -> int:
     return sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params(cfg)))
 
 
+def _draw(specs: list[ParamSpec], rng: jax.Array, dtype) -> list[jax.Array]:
+    """The leaves of `specs` (in order), the normal ones cut from a single draw."""
+    sizes = [math.prod(s.shape) for s in specs if s.init == "normal"]
+    flat = 0.02 * jax.random.normal(rng, (sum(sizes),), dtype)
+    parts = iter(jnp.split(flat, list(itertools.accumulate(sizes))[:-1]))
+    return [jnp.ones(s.shape, dtype) if s.init == "ones" else next(parts).reshape(s.shape)
+            for s in specs]
+
+
 def init_params(cfg: ModelConfig, rng: jax.Array) -> Params:
-    """Random params (normal std 0.02, norm scales 1). Jit with out_shardings to init sharded."""
-    specs, treedef = jax.tree.flatten(param_specs(cfg), is_leaf=_is_spec)
+    """Random params (normal std 0.02, norm scales 1). Jit with out_shardings to init sharded.
+
+    Two normal draws in all, as XLA compiles each RNG call apart (~0.5 s each on CPU): one for
+    the layers, inside a scan so that at most one layer is ever drawn unsharded, and one for the
+    embeddings.
+    """
+    specs = param_specs(cfg)
     dtype = jnp.dtype(cfg.param_dtype)
-    leaves = [jnp.ones(s.shape, dtype) if s.init == "ones"
-              else 0.02 * jax.random.normal(k, s.shape, dtype)
-              for s, k in zip(specs, jax.random.split(rng, len(specs)), strict=True)]
-    return jax.tree.unflatten(treedef, leaves)
+    layer_specs, layer_tree = jax.tree.flatten(specs.pop("layers"), is_leaf=_is_spec)
+    one_layer = [s._replace(shape=s.shape[1:]) for s in layer_specs]
+    rest_specs, rest_tree = jax.tree.flatten(specs, is_leaf=_is_spec)
+    layers_rng, rest_rng = jax.random.split(rng)
+    _, layers = jax.lax.scan(lambda _, key: (None, _draw(one_layer, key, dtype)), None,
+                             jax.random.split(layers_rng, cfg.num_layers))
+    params = jax.tree.unflatten(rest_tree, _draw(rest_specs, rest_rng, dtype))
+    return {**params, "layers": jax.tree.unflatten(layer_tree, layers)}
 
 
 @jax.tree_util.register_dataclass
@@ -122,18 +144,155 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return out.astype(x.dtype)
 
 
-def attention(q, k, v, q_pos, k_pos, k_valid) -> jax.Array:
+_MASKED = -1e30  # Finite: a block hiding every key gives exp(0) terms, which the mask zeroes.
+
+
+def _seen(q_pos: jax.Array, k_pos: jax.Array, k_valid: jax.Array) -> jax.Array:
+    """[B, 1, 1, T, S]: query t sees key s when the key is valid and not after the query."""
+    return (k_valid[:, None, :] & (k_pos[:, None, :] <= q_pos[:, :, None]))[:, None, None]
+
+
+def _scores(q: jax.Array, k: jax.Array, seen: jax.Array) -> jax.Array:
+    """Scaled, masked float32 scores [B, K, G, T, S] of q [B, T, K, G, H] and k [B, S, K, H]."""
+    s = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32)
+    return jnp.where(seen, s * q.shape[-1] ** -0.5, _MASKED)
+
+
+def _dense_attention(q, k, v, q_pos, k_pos, k_valid) -> jax.Array:
+    """Materialises all scores: for decoding (T = 1) and short sequences."""
+    seen = _seen(q_pos, k_pos, k_valid)
+    probs = jnp.where(seen, jax.nn.softmax(_scores(q, k, seen), axis=-1), 0.0)
+    return jnp.einsum("bkgts,bskh->btkgh", probs.astype(v.dtype), v)
+
+
+def _blocks(x: jax.Array, size: int, fill=0) -> jax.Array:
+    """[B, S, ...] -> [n, B, size, ...], S padded with `fill` up to n * size."""
+    x = jnp.pad(x, [(0, 0), (0, -x.shape[1] % size)] + [(0, 0)] * (x.ndim - 2),
+                constant_values=fill)
+    return jnp.moveaxis(x.reshape(x.shape[0], -1, size, *x.shape[2:]), 1, 0)
+
+
+def _unblock(x: jax.Array, length: int) -> jax.Array:
+    """Inverse of `_blocks`: [n, B, size, ...] -> [B, length, ...]."""
+    x = jnp.moveaxis(x, 0, 1)
+    return x.reshape(x.shape[0], -1, *x.shape[3:])[:, :length]
+
+
+def _key_blocks(k, v, k_pos, k_valid, size: int):
+    # Padding keys are invalid, so they are never seen.
+    return _blocks(k, size), _blocks(v, size), _blocks(k_pos, size), _blocks(k_valid, size, False)
+
+
+def _flash_rows(q, q_pos, keys):
+    """One query block q [B, C, K, G, H] against every key block, keeping a running max and sum
+    of the scores (online softmax). Returns the output [B, C, K, G, H] and the log-sum-exp
+    [B, K, G, C]."""
+    B, C, K, G, H = q.shape
+
+    def step(carry, key_block):
+        k, v, k_pos, k_valid = key_block
+        seen = _seen(q_pos, k_pos, k_valid)
+
+        def update(carry):
+            acc, run_max, run_sum = carry
+            s = _scores(q, k, seen)
+            new_max = jnp.maximum(run_max, s.max(-1))
+            p = jnp.where(seen, jnp.exp(s - new_max[..., None]), 0.0)
+            rescale = jnp.exp(run_max - new_max)
+            pv = jnp.einsum("bkgts,bskh->bkgth", p.astype(v.dtype), v,
+                            preferred_element_type=jnp.float32)
+            return acc * rescale[..., None] + pv, new_max, run_sum * rescale + p.sum(-1)
+
+        # Skips blocks that hide every key: the causal upper triangle, unwritten cache slots.
+        return jax.lax.cond(seen.any(), update, lambda c: c, carry), None
+
+    init = jnp.zeros((B, K, G, C, H)), jnp.full((B, K, G, C), _MASKED), jnp.zeros((B, K, G, C))
+    (acc, run_max, run_sum), _ = jax.lax.scan(step, init, keys)
+    run_sum = jnp.where(run_sum == 0, 1.0, run_sum)  # A query seeing no key outputs 0 (as dense).
+    return jnp.einsum("bkgth->btkgh", acc / run_sum[..., None]), run_max + jnp.log(run_sum)
+
+
+# Under grad of the layer scan, scan's partial evaluation would hoist every block's
+# position-only values (masks, broadcast constants) out of the loop and stack them, O(T * S);
+# as a checkpoint, it saves only the inputs.
+@functools.partial(jax.checkpoint, static_argnums=(6,), prevent_cse=False)
+def _flash_forward(q, k, v, q_pos, k_pos, k_valid, block):
+    keys = _key_blocks(k, v, k_pos, k_valid, block)
+    n = min(block, q.shape[1])
+    out, lse = jax.lax.map(lambda row: _flash_rows(*row, keys), (_blocks(q, n), _blocks(q_pos, n)))
+    return _unblock(out, q.shape[1]).astype(q.dtype), lse  # lse stays blocked: [n, B, K, G, C].
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _flash_attention(q, k, v, q_pos, k_pos, k_valid, block):
+    """Blockwise attention, equal to `_dense_attention` with memory linear in T and S: neither
+    pass keeps more than one [B, K, G, block, block] block of scores."""
+    return _flash_forward(q, k, v, q_pos, k_pos, k_valid, block)[0]
+
+
+def _flash_attention_fwd(q, k, v, q_pos, k_pos, k_valid, block):
+    out, lse = _flash_forward(q, k, v, q_pos, k_pos, k_valid, block)
+    return out, (q, k, v, q_pos, k_pos, k_valid, out, lse)
+
+
+def _flash_rows_bwd(q, q_pos, d_out, out, lse, keys, d_keys):
+    """Gradients of one query block (FlashAttention-2): recomputes each block's probabilities
+    from the saved log-sum-exp; returns dq [B, C, K, G, H] and d_keys (dk, dv) accumulated."""
+    f32 = jnp.float32
+    delta = jnp.einsum("btkgh,btkgh->bkgt", d_out.astype(f32), out.astype(f32))  # [B, K, G, C]
+
+    def step(dq, xs):
+        (k, v, k_pos, k_valid), (dk, dv) = xs
+        seen = _seen(q_pos, k_pos, k_valid)
+
+        def update(dq, dk, dv):
+            p = jnp.where(seen, jnp.exp(_scores(q, k, seen) - lse[..., None]), 0.0)
+            dp = jnp.einsum("btkgh,bskh->bkgts", d_out, v, preferred_element_type=f32)
+            ds = (p * (dp - delta[..., None]) * q.shape[-1] ** -0.5).astype(q.dtype)
+            dv += jnp.einsum("bkgts,btkgh->bskh", p.astype(d_out.dtype), d_out,
+                             preferred_element_type=f32)
+            dq += jnp.einsum("bkgts,bskh->btkgh", ds, k, preferred_element_type=f32)
+            dk += jnp.einsum("bkgts,btkgh->bskh", ds, q, preferred_element_type=f32)
+            return dq, dk, dv
+
+        dq, dk, dv = jax.lax.cond(seen.any(), update, lambda *c: c, dq, dk, dv)
+        return dq, (dk, dv)
+
+    return jax.lax.scan(step, jnp.zeros(q.shape, f32), (keys, d_keys))
+
+
+def _flash_attention_bwd(block, res, d_out):
+    q, k, v, q_pos, k_pos, k_valid, out, lse = res
+    keys = _key_blocks(k, v, k_pos, k_valid, block)
+    n = min(block, q.shape[1])
+    rows = _blocks(q, n), _blocks(q_pos, n), _blocks(d_out, n), _blocks(out, n), lse
+
+    def row_block(d_keys, row):
+        dq, d_keys = _flash_rows_bwd(*row, keys, d_keys)
+        return d_keys, dq
+
+    d_keys = jnp.zeros(keys[0].shape, jnp.float32), jnp.zeros(keys[1].shape, jnp.float32)
+    (dk, dv), dq = jax.lax.scan(row_block, d_keys, rows)
+    S = k.shape[1]
+    return (_unblock(dq, q.shape[1]).astype(q.dtype), _unblock(dk, S).astype(k.dtype),
+            _unblock(dv, S).astype(v.dtype), None, None, None)
+
+
+_flash_attention.defvjp(_flash_attention_fwd, _flash_attention_bwd)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array, k_pos: jax.Array,
+              k_valid: jax.Array, block: int = 0) -> jax.Array:
     """Causal GQA attention by position. q: [B,T,N,H]; k, v: [B,S,K,H]; q_pos [B,T];
-    k_pos, k_valid: [B,S]. A key is seen when it is valid and not after the query."""
+    k_pos, k_valid: [B,S]. A key is seen when it is valid and not after the query; a query that
+    sees no key outputs 0. With `block` > 0, more than one query and more than `block` keys, runs
+    blockwise (training, prefill); else dense (decoding, short sequences)."""
     B, T, N, H = q.shape
-    K = k.shape[2]
-    q = q.reshape(B, T, K, N // K, H)
-    scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32)
-    scores = scores * (H ** -0.5)
-    mask = k_valid[:, None, :] & (k_pos[:, None, :] <= q_pos[:, :, None])  # [B, T, S]
-    scores = jnp.where(mask[:, None, None], scores, -1e30)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
+    q = q.reshape(B, T, k.shape[2], N // k.shape[2], H)
+    if block and T > 1 and k.shape[1] > block:
+        out = _flash_attention(q, k, v, q_pos, k_pos, k_valid, block)
+    else:
+        out = _dense_attention(q, k, v, q_pos, k_pos, k_valid)
     return out.reshape(B, T, N, H)
 
 
@@ -163,7 +322,7 @@ def _layer(cfg: ModelConfig, h, p, positions, k_valid, cache_k, cache_v):
         cache_v = cache_v.at[rows, positions].set(v.astype(cache_v.dtype), mode="drop")
         k, v = cache_k.astype(dt), cache_v.astype(dt)
         k_pos = jnp.broadcast_to(jnp.arange(k.shape[1]), k.shape[:2])
-    out = attention(q, k, v, positions, k_pos, k_valid)
+    out = attention(q, k, v, positions, k_pos, k_valid, cfg.attention_block)
     out = checkpoint_name(out, "attention")
     h = h + jnp.einsum("btnh,nhd->btd", out, p["o_proj"].astype(dt))
     h = constrain(h, ("act_batch", "act_seq", "act_embed"))
@@ -196,7 +355,10 @@ def hidden_states(cfg: ModelConfig, params: Params, input_ids: jax.Array,
     attention_mask = attention_mask.astype(bool)
     if positions is None:
         positions = default_positions(attention_mask)
-    h = params["embed_tokens"].astype(cfg.compute_dtype)[input_ids]
+    # Gather the table's fsdp-sharded embed dim first, as FSDP does for every weight: a lookup
+    # from it into a batch sharded over fsdp makes XLA rematerialise the whole table instead.
+    table = constrain(params["embed_tokens"].astype(cfg.compute_dtype), ("vocab", None))
+    h = table[input_ids]
     h = constrain(h, ("act_batch", "act_seq", "act_embed"))
 
     def body(h, xs):
