@@ -20,8 +20,8 @@ TINY = model.ModelConfig(vocab_size=64, embed_dim=32, mlp_dim=64, num_layers=2, 
 
 
 def tiny_params(seed: int = 0, cfg: model.ModelConfig = TINY) -> model.Params:
-    """Random params drawn with NumPy: `model.init_params` compiles one threefry program per
-    shape, which costs seconds on a CPU for every mesh it is jitted for."""
+    """Random params drawn with NumPy: host arrays that every process and mesh of a test gets
+    identically, without compiling `model.init_params` for each."""
     rng = np.random.RandomState(seed)
     return jax.tree.map(
         lambda s: (np.ones(s.shape) if s.init == "ones" else 0.02 * rng.randn(*s.shape)
