@@ -1,0 +1,88 @@
+"""Sampler settings: frozen, hashable dataclasses (they are static arguments of the jitted loop)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import jax.numpy as jnp
+
+if TYPE_CHECKING:  # Importing transformers costs seconds; only its type is used here.
+    from transformers import PreTrainedTokenizerBase
+
+# How thinking ended (SPEC §3): `length` means the response budget ran out while still thinking.
+EXIT_REASONS = ("natural", "early_exit", "budget", "eos", "length")
+
+PROBE_PROMPT = "\n**Final Answer**\n\\boxed"
+EXIT_SUFFIX = "\n</think>\n\n"
+NATURAL_SUFFIX = "\n\n"  # Appended after the model's own `</think>`.
+
+
+@dataclasses.dataclass(frozen=True)
+class DTRConfig:
+    """Dynamic Truncated Rollout (SPEC §3). Token sequences are ids of the sampling tokenizer;
+    `from_tokenizer` encodes the default strings."""
+
+    probe_ids: tuple[int, ...]
+    exit_ids: tuple[int, ...]
+    natural_ids: tuple[int, ...]
+    threshold: float = 0.95  # Early exit when the probe's confidence is strictly above this.
+    probe_budget: int = 20  # Greedy probe tokens at most; a probe must close `</think>` within.
+    max_probes: int = 10  # Then the completion runs free.
+    think_budget_frac: float = 0.9  # Thinking budget, as a fraction of max_new_tokens.
+    exit_margin: int = 50  # A probe this close to the thinking budget always exits.
+
+    def __post_init__(self):
+        if not (self.probe_ids and self.exit_ids):
+            raise ValueError("DTRConfig: probe_ids and exit_ids must not be empty")
+        if self.probe_budget < 1 or self.max_probes < 0 or not 0 < self.think_budget_frac <= 1:
+            raise ValueError(f"DTRConfig: probe_budget={self.probe_budget} must be >= 1, "
+                             f"max_probes={self.max_probes} >= 0, think_budget_frac="
+                             f"{self.think_budget_frac} in (0, 1]")
+
+    @classmethod
+    def from_tokenizer(cls, tok: PreTrainedTokenizerBase, probe_prompt: str = PROBE_PROMPT,
+                       exit_suffix: str = EXIT_SUFFIX, natural_suffix: str = NATURAL_SUFFIX,
+                       **numbers) -> DTRConfig:
+        def encode(text: str) -> tuple[int, ...]:
+            return tuple(tok.encode(text, add_special_tokens=False))
+
+        return cls(encode(probe_prompt), encode(exit_suffix), encode(natural_suffix), **numbers)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """What to sample. Defaults are Qwen3's token ids and SPEC §3's training settings."""
+
+    max_new_tokens: int = 16384  # The response budget R (appended tokens included).
+    # Prompts are right-padded to the smallest bucket that fits: one compile per bucket.
+    prompt_buckets: tuple[int, ...] = (128, 256, 512, 1024, 2048)
+    temperature: float = 1.0  # 0 is greedy.
+    top_p: float = 1.0  # 1 switches nucleus filtering off.
+    top_k: int = 0  # 0 switches top-k filtering off.
+    cache_dtype: str = "bfloat16"
+    eos_ids: tuple[int, ...] = (151645,)  # <|im_end|>: stays in the completion.
+    think_end_id: int = 151668  # </think>
+    pad_id: int = 0  # Fills completion slots past a row's length.
+    dtr: DTRConfig | None = None  # None: plain sampling (steps are still counted).
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1 or not self.prompt_buckets:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1 and "
+                             f"prompt_buckets={self.prompt_buckets} non-empty")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"temperature={self.temperature} must be >= 0, top_p={self.top_p} "
+                             f"in (0, 1], top_k={self.top_k} >= 0")
+        jnp.dtype(self.cache_dtype)  # Fails early on a bad name.
+
+    @property
+    def think_budget(self) -> int:
+        return int(self.dtr.think_budget_frac * self.max_new_tokens) if self.dtr else 0
+
+    def bucket(self, prompt_len: int) -> int:
+        """The padded prompt length of a batch whose longest prompt has `prompt_len` tokens."""
+        fits = [b for b in sorted(self.prompt_buckets) if b >= prompt_len]
+        if not fits:
+            raise ValueError(f"prompt of {prompt_len} tokens is longer than the largest bucket "
+                             f"{max(self.prompt_buckets)} (SamplerConfig.prompt_buckets)")
+        return fits[0]

@@ -1,0 +1,288 @@
+"""Sampler: greedy parity with transformers, log-probs, sampling filters, mesh, bucketing."""
+
+import dataclasses
+import functools
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from stepgrpo_jax import model, parallel, sampling
+from stepgrpo_jax.sampling import filters
+from stepgrpo_jax.sampling import sampler as sampler_lib
+
+TINY = model.ModelConfig(vocab_size=128, embed_dim=64, mlp_dim=128, num_layers=2, num_heads=4,
+                         num_kv_heads=2, head_dim=16, tie_word_embeddings=False)
+PLAIN = sampling.SamplerConfig(max_new_tokens=16, prompt_buckets=(8, 16), temperature=0.0,
+                               eos_ids=(1,), think_end_id=2, cache_dtype="float32")
+TABLES = sampling.TriggerTables.from_strings([f"<{i}>" for i in range(128)], ("Wait",))
+
+
+def biased_params(cfg: model.ModelConfig, seed: int, bias: dict[int, float],
+                  follow: dict[int, dict[int, float]] | None = None, scale: float = 0.3,
+                  head: float = 0.1) -> model.Params:
+    """Random params (weights of std `scale`, LM head `head`) whose logits also get `bias[v]`
+    on token v and `follow[a][v]` on v right after token a.
+
+    Each of these rides on a residual channel of its own that no layer reads (norm scale 0) or
+    writes (zero output rows): channel 0 holds 1 in every embedding, channel c holds 1 in token
+    a's. The final norm turns such a channel into a roughly constant feature (measured below),
+    and the LM head's row for the channel holds the logit offsets.
+    """
+    follow = follow or {}
+    n = 1 + len(follow)
+    rng = np.random.default_rng(seed)
+    params = jax.tree.map(
+        lambda s: np.ones(s.shape, np.float32) if s.init == "ones"
+        else rng.normal(0, scale, s.shape).astype(np.float32),
+        model.param_specs(cfg), is_leaf=lambda s: hasattr(s, "init"))
+    layers = params["layers"]
+    for name in ("input_layernorm", "post_attention_layernorm"):
+        layers[name][:, :n] = 0
+    layers["o_proj"][..., :n] = 0
+    layers["down_proj"][..., :n] = 0
+    embed = params["embed_tokens"]
+    embed[:, :n] = 0
+    embed[:, 0] = 1
+    for channel, a in enumerate(follow, start=1):
+        embed[a, channel] = 1
+    ids = rng.integers(0, cfg.vocab_size, (8, 16))
+    h, _ = _hidden_states(cfg)(jax.tree.map(jnp.asarray, params), jnp.asarray(ids))
+    unit = float(jnp.mean(h[..., 0]))
+    head_w = params["lm_head"] * (head / scale)
+    head_w[:n] = 0
+    for v, b in bias.items():
+        head_w[0, v] = b / unit
+    for channel, targets in enumerate(follow.values(), start=1):
+        for v, b in targets.items():
+            head_w[channel, v] = b / unit
+    return jax.tree.map(jnp.asarray, params | {"lm_head": head_w})
+
+
+@functools.cache
+def _hidden_states(cfg: model.ModelConfig):
+    return jax.jit(functools.partial(model.hidden_states, cfg))
+
+
+@functools.cache
+def _forward(cfg: model.ModelConfig):
+    return jax.jit(functools.partial(model.forward, cfg))
+
+
+def full_logprobs(cfg, params, ids, pad_to: int = 64) -> np.ndarray:
+    """Next-token log-probs [len(ids), V] after each prefix of `ids`, from one forward pass
+    over the whole text (no cache), padded to a fixed length so that it compiles once."""
+    padded = np.zeros((1, pad_to), np.int32)
+    padded[0, :len(ids)] = ids
+    mask = np.arange(pad_to)[None] < len(ids)
+    logits = _forward(cfg)(params, jnp.asarray(padded), jnp.asarray(mask))
+    z = np.asarray(logits[0, :len(ids)], np.float64)
+    z -= z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def teacher_forced_logprobs(cfg, params, prompt, completion) -> np.ndarray:
+    """log p(completion[t] | prompt, completion[:t]), float32 model, scored in one pass."""
+    logp = full_logprobs(cfg, params, list(prompt) + list(completion))
+    positions = np.arange(len(prompt) - 1, len(prompt) + len(completion) - 1)
+    return logp[positions, np.asarray(completion)]
+
+
+def random_prompts(seed: int, n: int, lengths=(3, 12), low: int = 20) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(low, TINY.vocab_size, size=rng.integers(*lengths)).tolist()
+            for _ in range(n)]
+
+
+def test_greedy_matches_transformers(tmp_path):
+    import torch
+    from tiny_models import save_tiny_hf_model
+
+    from stepgrpo_jax import hf
+
+    torch_model = save_tiny_hf_model(str(tmp_path), seed=3, vocab_size=128, hidden_size=32,
+                                     eos_token_id=1)
+    cfg, params = hf.load_pretrained(str(tmp_path))
+    prompts = random_prompts(0, 4, lengths=(2, 14), low=3)
+    scfg = dataclasses.replace(PLAIN, max_new_tokens=64)
+    out = sampling.Sampler(cfg, scfg, TABLES)(params, prompts, jax.random.key(0))
+    for row, prompt in enumerate(prompts):
+        with torch.no_grad():
+            ref = torch_model.generate(torch.tensor([prompt]), max_new_tokens=64, do_sample=False,
+                                       eos_token_id=1, pad_token_id=0)
+        assert out.completion(row) == ref[0, len(prompt):].tolist(), f"row {row}"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_logprobs_match_teacher_forcing(dtype):
+    params = model.init_params(TINY, jax.random.key(1))
+    prompts = random_prompts(1, 4)
+    scfg = dataclasses.replace(PLAIN, max_new_tokens=24, temperature=0.8, top_k=20,
+                               cache_dtype=dtype)
+    out = sampling.Sampler(TINY, scfg, TABLES)(params, prompts, jax.random.key(2))
+    tol = 1e-4 if dtype == "float32" else 3e-2  # A bf16 cache rounds keys and values.
+    for row, prompt in enumerate(prompts):
+        ref = teacher_forced_logprobs(TINY, params, prompt, out.completion(row))
+        np.testing.assert_allclose(out.logprobs[row, :out.lengths[row]], ref, atol=tol)
+
+
+def _filtered_probs(logits: np.ndarray, temperature: float, top_k: int, top_p: float):
+    """The exact sampling distribution: temperature, then top-k, then top-p (HF's order)."""
+    z = logits.astype(np.float64) / temperature
+    order = np.argsort(-z, kind="stable")
+    keep = np.zeros(z.size, bool)
+    keep[order[:top_k or z.size]] = True
+    p = np.where(keep, np.exp(z - z.max()), 0.0)
+    p /= p.sum()
+    mass_before = np.cumsum(p[order]) - p[order]
+    keep[order[mass_before >= top_p]] = False
+    p = np.where(keep, p, 0.0)
+    return p / p.sum()
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 1.0), (1.0, 0, 0.8),
+                                                     (1.5, 10, 0.6)])
+def test_sampling_distribution(temperature, top_k, top_p):
+    from scipy import stats
+
+    # 1000 tokens: past 2 blocks of 128, so the two-stage draw runs, with a padded last block.
+    cfg = TINY.replace(vocab_size=1000)
+    params = model.init_params(cfg, jax.random.key(3))
+    params["lm_head"] = params["lm_head"] * 40  # A peaked distribution, so the filters bite.
+    prompt = [5, 6, 7]
+    n = 8192
+    scfg = dataclasses.replace(PLAIN, max_new_tokens=1, temperature=temperature, top_k=top_k,
+                               top_p=top_p)
+    tables = sampling.TriggerTables.from_strings([""] * cfg.vocab_size, ("Wait",))
+    out = sampling.Sampler(cfg, scfg, tables)(params, [prompt] * n, jax.random.key(4))
+    counts = np.bincount(out.tokens[:, 0], minlength=cfg.vocab_size)
+    logits = np.asarray(model.forward(cfg, params, jnp.asarray([prompt]))[0, -1])
+    p = _filtered_probs(logits, temperature, top_k, top_p)
+    assert counts[p == 0].sum() == 0, "sampled a filtered-out token"
+    assert (p > 0).sum() >= 2
+    big = n * p >= 5  # Chi-square wants 5 expected counts a bin: pool the rare tokens.
+    observed = np.append(counts[big], counts[~big].sum())
+    expected = np.append(n * p[big], n * p[~big].sum())
+    keep = expected > 0
+    chi2 = stats.chisquare(observed[keep], expected[keep])
+    assert chi2.pvalue > 1e-4, (chi2, (p > 0).sum())
+
+
+def test_greedy_takes_the_first_maximum():
+    logits = jnp.array([[1.0, 3.0, 3.0, -jnp.inf], [0.0, 0.0, 0.0, 0.0], [-1.0, -2.0, 5.0, 4.0]])
+    np.testing.assert_array_equal(filters.greedy(logits), [1, 0, 2])
+
+
+def test_mesh_matches_single_device():
+    from dtr_test import DTR_CFG, DTR_PARAMS, DTR_TABLES
+
+    prompts = random_prompts(5, 8)
+    single = sampling.Sampler(TINY, DTR_CFG, DTR_TABLES)(DTR_PARAMS, prompts, jax.random.key(0))
+    mesh = parallel.make_mesh((2, 2, 2))
+    shardings = parallel.tree_shardings(mesh, model.param_axes(TINY), DTR_PARAMS)
+    params = jax.device_put(DTR_PARAMS, shardings)
+    sharded = sampling.Sampler(TINY, DTR_CFG, DTR_TABLES, mesh)(params, prompts,
+                                                                jax.random.key(0))
+    assert single.num_probes.sum() > 0  # The DTR detour runs sharded too.
+    for field in ("tokens", "forced", "lengths", "step_counts", "num_probes", "exit_reasons",
+                  "think_end"):
+        np.testing.assert_array_equal(getattr(sharded, field), getattr(single, field), field)
+    np.testing.assert_allclose(sharded.logprobs, single.logprobs, atol=1e-4)
+
+
+def test_same_bucket_does_not_retrace(monkeypatch):
+    monkeypatch.setattr(sampler_lib, "_generate",
+                        chex.assert_max_traces(sampler_lib._generate, n=1))
+    sampler = sampling.Sampler(TINY, PLAIN, TABLES)
+    params = model.init_params(TINY, jax.random.key(0))
+    sampler(params, [[3, 4, 5], [6, 7]], jax.random.key(0))
+    sampler(params, [[3, 4, 5, 6, 7, 8, 9], [10]], jax.random.key(1))  # Bucket 8 again.
+    with pytest.raises(AssertionError, match="traced > 1"):
+        sampler(params, [list(range(3, 15)), [10]], jax.random.key(1))  # Bucket 16.
+
+
+def test_bad_prompts():
+    sampler = sampling.Sampler(TINY, PLAIN, TABLES)
+    params = model.init_params(TINY, jax.random.key(0))
+    with pytest.raises(ValueError, match="largest bucket 16"):
+        sampler(params, [list(range(3, 20))], jax.random.key(0))
+    with pytest.raises(ValueError, match="at least one token"):
+        sampler(params, [[3], []], jax.random.key(0))
+
+
+@pytest.mark.slow
+def test_generate_tool(tmp_path, qwen3_tokenizer_dir):
+    from tiny_models import save_tiny_hf_model
+
+    from stepgrpo_jax import tokenizer
+
+    save_tiny_hf_model(str(tmp_path), vocab_size=151_936, hidden_size=32, eos_token_id=151645)
+    for name in os.listdir(qwen3_tokenizer_dir):
+        shutil.copy(os.path.join(qwen3_tokenizer_dir, name), tmp_path)
+    spec = importlib.util.spec_from_file_location(
+        "generate", os.path.join(os.path.dirname(__file__), "..", "tools", "generate.py"))
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    out = tmp_path / "out.json"
+    args = ["--model_dir", str(tmp_path), "--num_samples", "2", "--max_new_tokens", "12",
+            "--dtype", "float32", "--json", str(out)]
+    result = generate.main(args + ["--prompt", "What is 2+3?", "--dtr", "--temperature", "0"])
+    with open(out) as f:
+        assert json.load(f) == result
+    tok = tokenizer.load(str(tmp_path))
+    assert result["prompt_ids"] == tok.encode(tokenizer.chat_prompt("What is 2+3?"))
+    first, second = result["completions"]
+    assert first == second  # Greedy.
+    assert len(first["token_ids"]) == len(first["logprobs"]) == 12
+    assert first["exit_reason"] in sampling.EXIT_REASONS
+    assert first["text"] == tok.decode(first["token_ids"])
+    with pytest.raises(SystemExit):
+        generate.main(args + ["--prompt_ids", "1,x"])
+    with pytest.raises(ValueError, match="outside the model's vocabulary"):
+        generate.main(args + ["--prompt_ids", "1,999999"])
+
+
+def _distributed_rows(process_id: int, out: str) -> None:
+    """Worker of test_two_processes_match_one (after `jax.distributed.initialize`): this
+    process's half of the batch, sampled on a mesh over both processes' devices."""
+    mesh = parallel.make_mesh((2, 2, 2))
+    params = model.init_params(TINY, jax.random.key(0))
+    params = jax.device_put(params, parallel.tree_shardings(mesh, model.param_axes(TINY), params))
+    rows = random_prompts(5, 8)[process_id * 4:(process_id + 1) * 4]
+    got = sampling.Sampler(TINY, PLAIN, TABLES, mesh)(params, rows, jax.random.key(0))
+    np.savez(out, **{k: v for k, v in vars(got).items() if k != "num_steps"})
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    """Each process passes its own rows and gets them back (jax.distributed on CPU)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    procs = [subprocess.Popen(
+        [sys.executable, "-c",
+         "import jax, sys; jax.config.update('jax_cpu_collectives_implementation', 'gloo'); "
+         f"jax.distributed.initialize('127.0.0.1:{port}', 2, {i}); "
+         "sys.path.insert(0, 'tests'); import sampling_test; "
+         f"sampling_test._distributed_rows({i}, '{tmp_path}/{i}.npz')"],
+        env=env, cwd=os.path.dirname(os.path.dirname(__file__)), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    for p in procs:
+        log = p.communicate(timeout=240)[0]  # A hung collective fails instead of stalling.
+        assert p.returncode == 0, log[-4000:]
+    want = sampling.Sampler(TINY, PLAIN, TABLES)(model.init_params(TINY, jax.random.key(0)),
+                                                 random_prompts(5, 8), jax.random.key(0))
+    for i in range(2):
+        got = np.load(tmp_path / f"{i}.npz")
+        for field in ("tokens", "lengths", "step_counts", "exit_reasons"):
+            np.testing.assert_array_equal(got[field], getattr(want, field)[i * 4:(i + 1) * 4])
