@@ -64,17 +64,28 @@ def main(argv):
     parallel.init_distributed(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
     config = CONFIG.value
     logging.info("config:\n%s", config)
+    from stepgrpo_jax import experiment  # After jax.distributed: see run().
+
+    with parallel.logical_rules(experiment.mesh_rules(config)):
+        run(config, WORKDIR.value)
+
+
+def run(config, workdir: str) -> None:
     # Imported here so that jax.distributed starts before anything touches the devices.
     if config.mode == "eval":
         from stepgrpo_jax import evaluate
 
-        evaluate.run(config, WORKDIR.value)
+        evaluate.run(config, workdir)
     elif config.mode in ("grpo", "sft"):
         from stepgrpo_jax import trainer
 
-        trainer.train(config, WORKDIR.value)
+        trainer.train(config, workdir)
+    elif config.mode == "demo":
+        from stepgrpo_jax import demo
+
+        demo.run(config, workdir)
     else:
-        raise app.UsageError(f"--config.mode={config.mode!r}; expected grpo, sft or eval")
+        raise app.UsageError(f"--config.mode={config.mode!r}; expected grpo, sft, eval or demo")
 
 
 if __name__ == "__main__":

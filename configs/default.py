@@ -11,7 +11,9 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.mode = "grpo"  # grpo: RL training; sft: supervised warm start; eval: evaluation only.
+    # grpo: RL training; sft: supervised warm start; eval: evaluation only; demo: the
+    # overthinking testbed end to end (configs/demo.py).
+    c.mode = "grpo"
     c.seed = 0  # Seeds init, data order and sampling (the RNG is folded with the step).
     c.total_steps = 100  # Rollout steps (grpo) or optimiser steps (sft).
 
@@ -24,25 +26,28 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.dtype = "bfloat16"  # Compute dtype.
     c.model.param_dtype = "float32"  # float32 master weights (bf16 compute) by default.
     c.model.remat = "full"  # none | full | dots | dots_no_batch: what backward recomputes.
+    c.model.attention_block = 512  # Flash-style key/query blocks; 0: dense attention.
 
     c.data = ml_collections.ConfigDict()
     c.data.train_files = ()  # JSONL / Parquet files of problems with reference answers.
     c.data.problem_field = "problem"  # Dotted path: DAPO-Math-17k uses "prompt.0.content".
     c.data.answer_field = "answer"  # DAPO-Math-17k: "reward_model.ground_truth".
     c.data.answer_format = "plain"  # plain | gsm8k (the reference answer follows "####").
+    c.data.response_field = ""  # Reference responses, for mode=sft (e.g. "response").
     c.data.skip_malformed = False  # False: a malformed row is an error naming file and line.
     c.data.shuffle = True
     c.data.cache_dir = ""  # Where the ArrayRecord files go (default ~/.cache/stepgrpo_jax/tfds).
 
     # Rollouts (SPEC §3 and §5).
     c.sampling = ml_collections.ConfigDict()
-    c.sampling.max_prompt_len = 2048  # Longer prompts are an error.
+    # Prompts pad to the smallest bucket that fits (one compile each); longer is an error.
+    c.sampling.prompt_buckets = (128, 256, 512, 1024, 2048)
     c.sampling.max_new_tokens = 16384  # Response budget (thinking + answer).
+    c.sampling.batch_size = 64  # Rows per sampler call on each host (bounds the KV cache).
     c.sampling.temperature = 1.0
     c.sampling.top_p = 1.0
     c.sampling.top_k = 0  # 0: off.
     c.sampling.cache_dtype = "bfloat16"
-    c.sampling.prompt_bucket = 128  # Prompts pad to a multiple of this: fewer recompiles.
 
     c.dtr = ml_collections.ConfigDict()  # Dynamic Truncated Rollout.
     c.dtr.enabled = True
@@ -88,6 +93,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.weight_decay = 0.01
     c.optim.grad_clip = 1.0  # Global gradient-norm clip.
     c.optim.max_skipped = 5  # Stop after this many non-finite updates in a row.
+
+    c.sft = ml_collections.ConfigDict()  # Supervised warm start (mode=sft).
+    c.sft.batch_size = 64  # Rows per optimiser step (all hosts).
+    c.sft.max_seq_len = 1024  # Prompt + response tokens; a longer row is an error.
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (1, -1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices.

@@ -1,0 +1,58 @@
+"""The embedded default: the overthinking testbed on a laptop CPU (about 10 minutes on 2 cores).
+
+  python main.py --config configs/demo.py --workdir /tmp/demo
+
+Builds the testbed, warm-starts a small Qwen3-architecture model on teacher traces that
+overthink, measures it, trains it with Step-GRPO, measures again, and writes summary.json.
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config():
+    c = default.get_config()
+    c.mode = "demo"
+    c.total_steps = 24  # Step-GRPO rollout steps.
+
+    c.demo = ml_collections.ConfigDict()
+    c.demo.data_seed = 0
+    c.demo.difficulties = (1, 2, 3)
+    c.demo.n_train = 1500  # Distinct problems; difficulty 1 has 729 in all.
+    c.demo.n_eval = 300
+    c.demo.n_sft = 6000
+    c.demo.sft_steps = 300
+    c.demo.sft_learning_rate = 3e-3
+    c.demo.sft_warmup_steps = 30
+
+    # A small Qwen3: 4 layers, width 96, the testbed's 363-token vocabulary padded to 384.
+    c.model.overrides = ml_collections.ConfigDict(dict(
+        vocab_size=384, embed_dim=96, mlp_dim=288, num_layers=4, num_heads=4, num_kv_heads=2,
+        head_dim=24, tie_word_embeddings=True, bos_token_id=0, eos_token_id=2))
+    c.model.dtype = "float32"
+    c.model.param_dtype = "float32"
+    c.model.remat = "none"
+    c.mesh.shape = (1, -1, 1)
+
+    c.sft.batch_size = 32
+    c.sft.max_seq_len = 320
+
+    c.sampling.max_new_tokens = 256
+    c.sampling.prompt_buckets = (64,)
+    c.sampling.batch_size = 80
+    c.dtr.forced_exit_margin = 10
+
+    c.grpo.group_size = 5
+    c.grpo.prompts_per_step = 16
+    c.grpo.num_minibatches = 2
+    c.grpo.logprob_chunk = 128
+    c.optim.learning_rate = 2e-5
+    c.optim.weight_decay = 0.0
+
+    c.ckpt.every_steps = 12
+    c.eval.max_problems = 300
+    c.eval.batch_size = 100
+    c.eval.max_new_tokens = 256
+    c.log.tensorboard = False
+    return c

@@ -1,0 +1,123 @@
+"""Benchmark evaluation with plain sampling: accuracy (pass@1 averaged over k samples), mean
+response tokens, steps, and the compression rate against a base model's results file.
+
+  python main.py --config configs/eval.py --config.model_dir=D --config.eval.files=a.jsonl,b.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from stepgrpo_jax import data, experiment, rewards, sampling, tokenizer
+from stepgrpo_jax.model import Params
+
+
+def evaluate_problems(sampler: sampling.Sampler, params: Params, tok,
+                      problems: Sequence[data.Problem], num_samples: int, batch_size: int,
+                      grader: rewards.Grader, rng: jax.Array,
+                      triggers: Sequence[str] = ("Wait",)) -> dict[str, Any]:
+    """Samples k completions per problem (this host's share) and grades them.
+
+    Returns means over every sample of every problem on every host, and per-sample records.
+    """
+    rows = [(i, p) for i, p in enumerate(problems) for _ in range(num_samples)]
+    records = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        chunk += [chunk[-1]] * (batch_size - len(chunk))  # One compiled batch shape.
+        prompts = [tokenizer.encode_problem(tok, p.problem) for _, p in chunk]
+        out = sampler(params, prompts, jax.random.fold_in(rng, start))
+        n = min(batch_size, len(rows) - start)
+        texts = tok.batch_decode([out.completion(i) for i in range(n)],
+                                 skip_special_tokens=False)
+        preds = [rewards.extract_boxed(t) for t in texts]
+        graded = grader.grade([p.answer for _, p in chunk[:n]], preds)
+        for j in range(n):
+            records.append({
+                "problem": chunk[j][0], "source": chunk[j][1].source,
+                "correct": bool(graded.correct[j]), "formatted": preds[j] is not None,
+                "tokens": int(out.lengths[j]), "steps": rewards.count_steps(texts[j], triggers),
+                "exit_reason": out.exit_reason(j), "text": texts[j]})
+    summary = {k: _global_mean([r[k] for r in records]) for k in
+               ("correct", "formatted", "tokens", "steps")}
+    return {"accuracy": summary["correct"], "format_rate": summary["formatted"],
+            "response_tokens_mean": summary["tokens"], "steps_mean": summary["steps"],
+            "num_problems": len(problems) * jax.process_count(), "num_samples": num_samples,
+            "records": records}
+
+
+def _global_mean(values: list[float]) -> float:
+    local = np.array([float(np.sum(values)), float(len(values))])
+    if jax.process_count() > 1:
+        local = multihost_utils.process_allgather(local).sum(axis=0)
+    return float(local[0] / max(local[1], 1.0))
+
+
+def host_share(problems: Sequence[data.Problem]) -> list[data.Problem]:
+    """This process's problems (every host evaluates a disjoint, equal share)."""
+    n = jax.process_count()
+    keep = len(problems) - len(problems) % n
+    return list(problems[jax.process_index():keep:n])
+
+
+def compression(results: dict[str, dict], base_file: str) -> dict[str, float]:
+    """Per benchmark: mean tokens / the base model's mean tokens on the same benchmark."""
+    with open(base_file) as f:
+        base = json.load(f)["benchmarks"]
+    return {name: r["response_tokens_mean"] / base[name]["response_tokens_mean"]
+            for name, r in results.items() if name in base}
+
+
+def format_table(results: dict[str, dict]) -> str:
+    header = f"{'benchmark':<24}{'accuracy':>10}{'tokens':>10}{'steps':>8}{'compression':>13}"
+    lines = [header, "-" * len(header)]
+    for name, r in results.items():
+        comp = f"{r['compression']:.1%}" if "compression" in r else "-"
+        lines.append(f"{name:<24}{r['accuracy']:>10.1%}{r['response_tokens_mean']:>10.1f}"
+                     f"{r['steps_mean']:>8.2f}{comp:>13}")
+    return "\n".join(lines)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Evaluates `config.model_dir` on every file of `config.eval.files`; writes the results
+    (per benchmark: means and per-sample records) as JSON and prints a table."""
+    files = experiment.as_list(config.eval.files)
+    if not files:
+        raise ValueError("config.eval.files is empty: name the benchmark files to evaluate")
+    if not config.model_dir:
+        raise ValueError("config.model_dir is empty: name the model to evaluate")
+    mesh, rules = experiment.build_mesh(config), experiment.mesh_rules(config)
+    tok = experiment.load_tokenizer(config)
+    model_cfg, params = experiment.load_initial_model(config, mesh, rules)
+    sampler = experiment.make_sampler(config, tok, model_cfg, mesh, evaluation=True)
+    results = {}
+    with rewards.Grader(config.reward.grader_workers, config.reward.grader_timeout_s) as grader:
+        for path in files:
+            source, _ = experiment.load_problem_files(config, [path])
+            problems = [source[i] for i in range(len(source))]
+            if config.eval.max_problems:
+                problems = problems[:config.eval.max_problems]
+            name = os.path.splitext(os.path.basename(path))[0]
+            results[name] = evaluate_problems(
+                sampler, params, tok, host_share(problems), config.eval.num_samples,
+                config.eval.batch_size, grader, jax.random.key(config.seed),
+                tuple(config.dtr.triggers))
+    if config.eval.base_results:
+        for name, rate in compression(results, config.eval.base_results).items():
+            results[name]["compression"] = rate
+    out = config.eval.out or os.path.join(workdir, "eval.json")
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w") as f:
+            json.dump({"model_dir": config.model_dir, "benchmarks": results}, f, indent=1)
+        print(format_table(results))
+        print(f"wrote {out}")
+    return {"model_dir": config.model_dir, "benchmarks": results}

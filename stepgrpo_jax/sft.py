@@ -1,0 +1,128 @@
+"""Supervised warm start: next-token loss on the response part of (problem, response) rows.
+
+Same mesh, train state, checkpoints and metrics as GRPO training; rows come from
+`config.data.train_files` with `config.data.response_field` naming the response.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from stepgrpo_jax import checkpoint, data, experiment, grpo, parallel, tokenizer
+from stepgrpo_jax.metrics import MetricsWriter
+from stepgrpo_jax.model import ModelConfig
+
+
+def sft_loss(model_cfg: ModelConfig, params, batch, chunk_size: int):
+    """Mean negative log-likelihood of the loss-masked tokens."""
+    logp, _ = grpo.token_logprobs(model_cfg, params, batch["input_ids"], batch["attention_mask"],
+                                  chunk_size)
+    mask = batch["loss_mask"]
+    return -jnp.sum(logp * mask) / jnp.maximum(mask.sum(), 1.0)
+
+
+def sft_step(state: grpo.TrainState, batch, *, model_cfg: ModelConfig, optimizer,
+             chunk_size: int):
+    loss, grads = jax.value_and_grad(functools.partial(sft_loss, model_cfg, chunk_size=chunk_size)
+                                     )(state.params, batch)
+    return grpo.apply_update(state, grads, loss, optimizer)
+
+
+def encode_rows(tok, problems: list[data.Problem], max_len: int, bucket: int = 64
+                ) -> dict[str, np.ndarray]:
+    """Chat prompt + response (+ EOS unless present), right-padded to the longest row of all
+    hosts rounded up to `bucket` (few shapes to compile, little padding); the loss covers the
+    response tokens."""
+    rows = []
+    for p in problems:
+        prompt = tokenizer.encode_problem(tok, p.problem)
+        response = tok.encode(p.response, add_special_tokens=False)
+        if not response or response[-1] != tok.eos_token_id:
+            response.append(tok.eos_token_id)
+        if len(prompt) + len(response) > max_len:
+            raise ValueError(f"{p.source}: {len(prompt) + len(response)} tokens exceed "
+                             f"sft.max_seq_len={max_len}")
+        rows.append((prompt, response))
+    longest = parallel.process_max(max(len(p) + len(r) for p, r in rows))
+    T = min(-(-longest // bucket) * bucket, max_len)
+    ids = np.full((len(rows), T), tok.pad_token_id, np.int32)
+    attention = np.zeros((len(rows), T), bool)
+    loss_mask = np.zeros((len(rows), T), np.float32)
+    for i, (prompt, response) in enumerate(rows):
+        n = len(prompt) + len(response)
+        ids[i, :n] = prompt + response
+        attention[i, :n] = True
+        loss_mask[i, len(prompt):n] = 1.0
+    return {"input_ids": ids, "attention_mask": attention, "loss_mask": loss_mask}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains `config.total_steps` steps of `config.sft.batch_size` rows; resumes from workdir."""
+    # ---- mesh, model, tokenizer, data
+    mesh, rules = experiment.build_mesh(config), experiment.mesh_rules(config)
+    tok = experiment.load_tokenizer(config)
+    model_cfg, init_params = experiment.load_initial_model(config, mesh, rules)
+    rows_per_host = experiment.per_host(config.sft.batch_size, "sft.batch_size")
+    experiment.check_batch_divides(config.sft.batch_size, mesh, "sft.batch_size")
+    if not config.data.response_field:
+        raise ValueError("mode=sft needs config.data.response_field (the response to learn)")
+    source, skipped = experiment.load_problem_files(config, config.data.train_files)
+
+    # ---- state, step function
+    optimizer = grpo.make_optimizer(config.optim.learning_rate, config.optim.weight_decay,
+                                    config.optim.grad_clip, config.optim.schedule,
+                                    config.optim.warmup_steps, config.total_steps)
+    rng = jax.random.key(config.seed)
+    state = grpo.init_train_state(model_cfg, optimizer, mesh, rng=jax.random.fold_in(rng, 0),
+                                  params=init_params)
+    shardings = grpo.state_shardings(model_cfg, optimizer, mesh)
+    step_fn = jax.jit(functools.partial(sft_step, model_cfg=model_cfg, optimizer=optimizer,
+                                        chunk_size=config.grpo.logprob_chunk),
+                      in_shardings=(shardings, grpo.batch_sharding(mesh)),
+                      out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())),
+                      donate_argnums=0)
+
+    # ---- restore
+    ckpt = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.ckpt.max_to_keep,
+                                  config.ckpt.async_save)
+    state, start, position = experiment.restore_train_state(ckpt, state, mesh, optimizer,
+                                                            model_cfg)
+    stream = data.PromptStream(source, config.seed, config.data.shuffle, position)
+    writer = MetricsWriter(workdir, config.log.tensorboard)
+    writer.truncate_after(start)
+
+    # ---- loop
+    last: dict[str, Any] = {}
+    bar = tqdm(range(start, config.total_steps), initial=start, total=config.total_steps,
+               disable=jax.process_index() != 0, desc="sft")
+    try:
+        for step in bar:
+            t0 = time.perf_counter()
+            local = encode_rows(tok, stream.take(rows_per_host), config.sft.max_seq_len)
+            state, m = step_fn(state, parallel.host_to_global(local, mesh))
+            done = step + 1
+            if step % config.log.every_steps == 0 or done == config.total_steps:
+                m = {k: float(v) for k, v in jax.device_get(m).items()}
+                tokens = parallel.process_sum(float(local["loss_mask"].sum()))
+                m.update(tokens_per_second=tokens / (time.perf_counter() - t0),
+                         data_skipped_rows=len(skipped))
+                last = writer.write(done, m)
+                bar.set_postfix(loss=f"{m['loss']:.4f}")
+            if done % config.ckpt.every_steps == 0 or done == config.total_steps:
+                experiment.save_train_state(ckpt, done, state, model_cfg, stream.position,
+                                            config.seed)
+    finally:
+        ckpt.wait()
+        ckpt.close()
+        writer.close()
+    return {"state": state, "model_config": model_cfg, "last_metrics": last}

@@ -1,0 +1,259 @@
+"""The training loop: rollout -> rewards -> advantages -> K updates -> metrics -> checkpoint.
+
+Reads top to bottom in phases: mesh, model and tokenizer, data, state, step functions,
+restore, loop. `mode="sft"` swaps the rollout for supervised traces (see `sft.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from stepgrpo_jax import (
+    checkpoint,
+    data,
+    evaluate,
+    experiment,
+    grpo,
+    parallel,
+    rewards,
+    sampling,
+    tokenizer,
+)
+from stepgrpo_jax.metrics import MetricsWriter
+
+# ----------------------------------------------------------------------------------- batches
+
+
+def build_batch(prompts: list[list[int]], completions: list[np.ndarray],
+                train_mask: list[np.ndarray], advantages: np.ndarray, prompt_len: int,
+                response_len: int, pad_id: int) -> dict[str, np.ndarray]:
+    """The grpo.Batch rows: prompt left-padded to `prompt_len`, completion right-padded."""
+    B, T = len(prompts), prompt_len + response_len
+    ids = np.full((B, T), pad_id, np.int32)
+    attention = np.zeros((B, T), bool)
+    loss_mask = np.zeros((B, T), np.float32)
+    for i, (p, c, m) in enumerate(zip(prompts, completions, train_mask, strict=True)):
+        ids[i, prompt_len - len(p):prompt_len] = p
+        ids[i, prompt_len:prompt_len + len(c)] = c
+        attention[i, prompt_len - len(p):prompt_len + len(c)] = True
+        loss_mask[i, prompt_len:prompt_len + len(c)] = m
+    return {"input_ids": ids, "attention_mask": attention, "loss_mask": loss_mask,
+            "advantages": np.asarray(advantages, np.float32)}
+
+
+# ----------------------------------------------------------------------------------- rollout
+
+
+def rollout_metrics(out: sampling.SampleOutput, info: dict[str, Any], scores: np.ndarray,
+                    group_size: int) -> dict[str, float]:
+    reasons = np.asarray(out.exit_reasons)
+    m = {
+        "reward_mean": float(scores.mean()),
+        "acc_mean": float(np.mean(info["correct"])),
+        "fmt_mean": float(np.mean(info["formatted"])),
+        "response_tokens_mean": float(np.mean(out.lengths)),
+        "steps_mean": float(np.mean(info["steps"])),
+        "probes_mean": float(np.mean(out.num_probes)),
+        "frac_reward_zero_std": float(np.mean(scores.reshape(-1, group_size).std(axis=1) == 0)),
+    }
+    for i, name in enumerate(sampling.EXIT_REASONS):
+        m[f"exit_frac_{name}"] = float(np.mean(reasons == i))
+    return m
+
+
+def update_metrics(per_minibatch: list[dict[str, jax.Array]]) -> dict[str, float]:
+    """Means over the K mini-batches (fetched from the devices here, once per step)."""
+    fetched = jax.device_get(per_minibatch)
+    keys = fetched[0].keys()
+    out = {k: float(np.mean([m[k] for m in fetched])) for k in keys}
+    out["skipped"] = float(sum(m["skipped"] for m in fetched))
+    return out
+
+
+# ----------------------------------------------------------------------------------- the loop
+
+
+class _Preempted:
+    """SIGTERM sets a flag; the loop saves a checkpoint and exits at the next step boundary."""
+
+    def __init__(self):
+        self.flag = False
+        self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        logging.warning("SIGTERM: saving a checkpoint and stopping after this step")
+        self.flag = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self.previous)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs `config.mode` (grpo or sft) to `config.total_steps`, resuming from `workdir`."""
+    if config.mode == "sft":
+        from stepgrpo_jax import sft
+
+        return sft.train(config, workdir)
+    _check_workdir(workdir)
+    # ---- mesh, model, tokenizer
+    mesh, rules = experiment.build_mesh(config), experiment.mesh_rules(config)
+    tok = experiment.load_tokenizer(config)
+    model_cfg, init_params = experiment.load_initial_model(config, mesh, rules)
+    G = config.grpo.group_size
+    prompts_per_host = experiment.per_host(config.grpo.prompts_per_step, "grpo.prompts_per_step")
+    rows_per_step = config.grpo.prompts_per_step * G
+    experiment.check_batch_divides(rows_per_step // config.grpo.num_minibatches, mesh,
+                                   "grpo.prompts_per_step x group_size / num_minibatches")
+
+    # ---- data
+    source, skipped_rows = experiment.load_problem_files(config, config.data.train_files)
+    eval_problems = []
+    if experiment.as_list(config.eval.files):
+        eval_source, _ = experiment.load_problem_files(config, config.eval.files)
+        eval_problems = [eval_source[i] for i in range(len(eval_source))]
+        eval_problems = evaluate.host_share(eval_problems[:config.eval.max_problems or None])
+
+    # ---- state (born sharded), step functions
+    optimizer = experiment.make_optimizer(config)
+    rng = jax.random.key(config.seed)
+    state = grpo.init_train_state(model_cfg, optimizer, mesh, rng=jax.random.fold_in(rng, 0),
+                                  params=init_params)
+    loss_cfg = experiment.loss_config(config)
+    ref_params = None
+    if loss_cfg.kl_coef > 0:  # The frozen initial model; a copy, since the state is donated.
+        ref_params = jax.tree.map(jnp.copy, state.params)
+    update = grpo.make_update_step(model_cfg, loss_cfg, optimizer, mesh,
+                                   num_microbatches=config.grpo.num_microbatches,
+                                   chunk_size=config.grpo.logprob_chunk)
+    logprobs = grpo.make_compute_logprobs(model_cfg, mesh, chunk_size=config.grpo.logprob_chunk)
+    sampler = experiment.make_sampler(config, tok, model_cfg, mesh)
+    triggers = tuple(config.dtr.triggers)
+    eval_sampler = (experiment.make_sampler(config, tok, model_cfg, mesh, evaluation=True)
+                    if eval_problems else None)
+
+    # ---- restore: this workdir's latest checkpoint, else the initial model
+    ckpt = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.ckpt.max_to_keep,
+                                  config.ckpt.async_save)
+    state, start, position = experiment.restore_train_state(ckpt, state, mesh, optimizer,
+                                                            model_cfg)
+    stream = data.PromptStream(source, config.seed, config.data.shuffle, position)
+    writer = MetricsWriter(workdir, config.log.tensorboard)
+    writer.truncate_after(start)
+
+    # ---- loop
+    preempted = _Preempted()
+    grader = rewards.Grader(config.reward.grader_workers, config.reward.grader_timeout_s)
+    bar = tqdm(range(start, config.total_steps), initial=start, total=config.total_steps,
+               disable=jax.process_index() != 0, desc=f"{config.reward.kind}")
+    skipped_in_row, last = 0, {}
+    try:
+        for step in bar:
+            done = step + 1
+            t0 = time.perf_counter()
+            batch, m = rollout(config, sampler, tok, state.params, stream.take(prompts_per_host),
+                               grader, jax.random.fold_in(jax.random.fold_in(rng, 1), step))
+            t1 = time.perf_counter()
+            state, per_minibatch = grpo.train_on_rollout(
+                update, logprobs, state, parallel.host_to_global(batch, mesh),
+                config.grpo.num_minibatches, ref_params)
+            m.update(update_metrics(per_minibatch))  # Fetching them waits for the updates.
+            m.update(rollout_seconds=t1 - t0, update_seconds=time.perf_counter() - t1,
+                     tokens_per_second=m.pop("generated_tokens") / max(t1 - t0, 1e-9),
+                     data_skipped_rows=len(skipped_rows))
+            every = config.eval.every_steps
+            if eval_sampler and ((every and done % every == 0) or done == config.total_steps):
+                result = evaluate.evaluate_problems(
+                    eval_sampler, state.params, tok, eval_problems, config.eval.num_samples,
+                    config.eval.batch_size, grader, jax.random.fold_in(rng, 2), triggers)
+                m.update({f"eval_{k}": v for k, v in result.items() if k != "records"})
+            if step % config.log.every_steps == 0 or done == config.total_steps:
+                last = writer.write(done, m)
+                bar.set_postfix(reward=f"{m['reward_mean']:.3f}", acc=f"{m['acc_mean']:.2f}",
+                                tokens=f"{m['response_tokens_mean']:.0f}")
+            skipped_in_row = skipped_in_row + 1 if m["skipped"] else 0
+            if skipped_in_row >= config.optim.max_skipped:
+                raise FloatingPointError(f"{skipped_in_row} non-finite updates in a row at step "
+                                         f"{done}; last metrics: {m}")
+            if preempted.flag or done % config.ckpt.every_steps == 0 or \
+                    done == config.total_steps:
+                experiment.save_train_state(ckpt, done, state, model_cfg, stream.position,
+                                            config.seed)
+            if preempted.flag:
+                break
+    finally:
+        preempted.restore()
+        grader.close()
+        ckpt.wait()
+        ckpt.close()
+        writer.close()
+    return {"state": state, "model_config": model_cfg, "last_metrics": last}
+
+
+def rollout(config: ml_collections.ConfigDict, sampler: sampling.Sampler, tok, params,
+            problems: list[data.Problem], grader: rewards.Grader, rng: jax.Array
+            ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Samples G completions per problem, scores them and lays out this host's batch rows."""
+    G, scfg = config.grpo.group_size, sampler.scfg
+    prompt_ids = [ids for p in problems for ids in [tokenizer.encode_problem(tok, p.problem)] * G]
+    chunk = config.sampling.batch_size
+    out = _concat([sampler(params, prompt_ids[i:i + chunk], jax.random.fold_in(rng, i))
+                   for i in range(0, len(prompt_ids), chunk)])
+    completions = [out.tokens[i, :n] for i, n in enumerate(out.lengths)]
+    texts = tok.batch_decode(completions, skip_special_tokens=False)
+    reward_cfg = dict(config.reward, overlong_max_len=scfg.max_new_tokens)
+    scores, info = rewards.score_completions(
+        texts, [p.answer for p in problems], out.lengths, G, config.reward.kind, reward_cfg,
+        grader, tuple(config.dtr.triggers))
+    adv = np.asarray(grpo.group_advantages(jnp.asarray(scores), G, config.grpo.adv_scale))
+    train_mask = [1.0 - out.forced[i, :n] if config.dtr.mask_forced else np.ones(n)
+                  for i, n in enumerate(out.lengths)]
+    prompt_len = scfg.bucket(parallel.process_max(max(map(len, prompt_ids))))
+    batch = build_batch(prompt_ids, completions, train_mask, adv, prompt_len,
+                        scfg.max_new_tokens, tok.pad_token_id)
+    m = parallel.process_mean(rollout_metrics(out, info, scores, G), len(completions))
+    m.update(generated_tokens=parallel.process_sum(np.sum(out.lengths)),
+             grader_timeouts=parallel.process_sum(info["grader_timeouts"]))
+    return batch, m
+
+
+def _concat(outs: list[sampling.SampleOutput]) -> sampling.SampleOutput:
+    """The rows of several sampler calls as one output."""
+    if len(outs) == 1:
+        return outs[0]
+    width = max(o.tokens.shape[1] for o in outs)
+    fields = {}
+    for f in dataclasses.fields(sampling.SampleOutput):
+        values = [getattr(o, f.name) for o in outs]
+        if f.name == "num_steps":
+            fields[f.name] = max(values)
+        elif values[0].ndim == 2:  # [B, R]: pad to the widest.
+            fields[f.name] = np.concatenate(
+                [np.pad(v, ((0, 0), (0, width - v.shape[1]))) for v in values])
+        else:
+            fields[f.name] = np.concatenate(values)
+    return sampling.SampleOutput(**fields)
+
+
+def _check_workdir(workdir: str) -> None:
+    """Fails early, naming the path, when the workdir cannot be written."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write_test.{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise OSError(f"workdir {workdir} is not writable: {e}") from e
+

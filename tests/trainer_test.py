@@ -1,0 +1,223 @@
+"""The training run end to end: resume after SIGKILL, metrics, export, multi-host, bad input."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+import torch
+from transformers import Qwen3ForCausalLM
+
+from stepgrpo_jax import checkpoint, testbed
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REQUIRED_METRICS = (
+    "step", "reward_mean", "acc_mean", "fmt_mean", "response_tokens_mean", "steps_mean",
+    "probes_mean", "exit_frac_natural", "exit_frac_early_exit", "exit_frac_budget",
+    "exit_frac_eos", "exit_frac_length", "kl", "clip_frac", "entropy", "loss", "grad_norm", "lr",
+    "frac_reward_zero_std", "rollout_seconds", "update_seconds", "tokens_per_second",
+    "grader_timeouts")
+TIMINGS = ("rollout_seconds", "update_seconds", "tokens_per_second")
+
+
+@pytest.fixture(scope="module")
+def testbed_dir(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("testbed"))
+    testbed.prepare(out, seed=0, n_train=64, n_eval=16, n_sft=64)
+    return out
+
+
+def _env(devices: int = 1) -> dict[str, str]:
+    return {**os.environ, "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+
+def _main(testbed_dir, workdir, *overrides, devices=1, mesh="1x-1x1", extra=(), check=True,
+          timeout=600):
+    cmd = [sys.executable, "main.py",
+           f"--config=tests/tiny_run_config.py:testbed={testbed_dir},mesh={mesh}",
+           f"--workdir={workdir}", *[f"--config.{o}" for o in overrides], *extra]
+    result = subprocess.run(cmd, cwd=ROOT, env=_env(devices), capture_output=True, text=True,
+                            timeout=timeout)
+    if check:
+        assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def _metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _params(workdir, step=None):
+    _, params = checkpoint.load_model(os.path.join(workdir, "checkpoints"), step=step)
+    return params
+
+
+def _without_timings(lines):
+    return [{k: v for k, v in line.items() if k not in TIMINGS} for line in lines]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bitwise(testbed_dir, tmp_path):
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    _main(testbed_dir, straight)
+
+    cmd = [sys.executable, "main.py", f"--config=tests/tiny_run_config.py:testbed={testbed_dir}",
+           f"--workdir={resumed}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt_dir = os.path.join(resumed, "checkpoints")
+    deadline = time.time() + 600
+    while not (os.path.isdir(ckpt_dir) and checkpoint.Checkpoints(
+            ckpt_dir, async_save=False).all_steps()):
+        assert proc.poll() is None and time.time() < deadline, "run ended before step 2"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 2 in checkpoint.Checkpoints(ckpt_dir, async_save=False).all_steps()
+    _main(testbed_dir, resumed)
+
+    a, b = _metrics(straight), _metrics(resumed)
+    assert [m["step"] for m in a] == [1, 2, 3, 4] == [m["step"] for m in b]
+    assert _without_timings(a) == _without_timings(b)
+    for x, y in zip(jax.tree.leaves(_params(straight)), jax.tree.leaves(_params(resumed)),
+                    strict=True):
+        assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+    for name in REQUIRED_METRICS:
+        assert name in a[-1], name
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_stops(testbed_dir, tmp_path):
+    workdir = str(tmp_path / "w")
+    cmd = [sys.executable, "main.py", f"--config=tests/tiny_run_config.py:testbed={testbed_dir}",
+           f"--workdir={workdir}", "--config.total_steps=50", "--config.ckpt.every_steps=100"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 600
+    while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    steps = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"),
+                                   async_save=False).all_steps()
+    assert len(steps) == 1 and 1 <= steps[0] < 50
+
+
+@pytest.mark.slow
+def test_export_of_last_checkpoint_loads_in_transformers(testbed_dir, tmp_path):
+    workdir, out = str(tmp_path / "w"), str(tmp_path / "hf")
+    _main(testbed_dir, workdir, "total_steps=2")
+    lines = _metrics(workdir)
+    assert len(lines) == 2 and all(np.isfinite(lines[-1][k]) for k in ("loss", "grad_norm"))
+    subprocess.run([sys.executable, "tools/export_hf.py",
+                    f"--checkpoint={workdir}/checkpoints", f"--out={out}",
+                    f"--tokenizer_dir={testbed_dir}/tokenizer"], cwd=ROOT, env=_env(), check=True,
+                   capture_output=True)
+    hf = Qwen3ForCausalLM.from_pretrained(out, dtype=torch.float32)
+    ids = torch.tensor([[1, 5, 7, 9]])
+    from stepgrpo_jax import model
+
+    cfg, params = checkpoint.load_model(os.path.join(workdir, "checkpoints"))
+    ours = np.asarray(model.forward(cfg, params, ids.numpy()))
+    with torch.no_grad():
+        np.testing.assert_allclose(hf(ids).logits.numpy(), ours, atol=1e-4)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(testbed_dir, tmp_path):
+    """The tiny run in two local processes (jax.distributed, one CPU device each)."""
+    port = _free_port()
+    workdir = str(tmp_path / "multi")
+    procs = []
+    for pid in range(2):
+        cmd = [sys.executable, "main.py",
+               f"--config=tests/tiny_run_config.py:testbed={testbed_dir}",
+               f"--workdir={workdir}", "--config.total_steps=2",
+               f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={pid}"]
+        env = {**_env(1), "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True))
+    try:
+        errors = [p.communicate(timeout=600)[1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, err in zip(procs, errors, strict=True):
+        assert p.returncode == 0, err[-4000:]
+    lines = _metrics(workdir)
+    assert [m["step"] for m in lines] == [1, 2]
+    assert checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"),
+                                  async_save=False).all_steps() == [2]
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def test_missing_model_directory(testbed_dir, tmp_path):
+    r = _main(testbed_dir, str(tmp_path / "w"), f"model_dir={tmp_path}/nope", check=False)
+    assert r.returncode != 0 and f"{tmp_path}/nope: no such model directory" in r.stderr
+
+
+def test_mistyped_override_lists_valid_keys(testbed_dir, tmp_path):
+    r = _main(testbed_dir, str(tmp_path / "w"), "grpo.grup_size=4", check=False)
+    assert r.returncode != 0
+    assert "unknown override --config.grpo.grup_size" in r.stderr
+    assert "'group_size'" in r.stderr and "'kl_coef'" in r.stderr
+
+
+def test_batch_that_does_not_divide_over_the_mesh(testbed_dir, tmp_path):
+    # 3 prompts x 2 / 2 mini-batches = 3 rows per update, over a batch axis of 2 devices.
+    r = _main(testbed_dir, str(tmp_path / "w"), "grpo.prompts_per_step=3", devices=2,
+              mesh="1x2x1", check=False)
+    assert r.returncode != 0 and "3 rows do not divide over the 2 batch shards" in r.stderr
+
+
+def test_unwritable_workdir(testbed_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    r = _main(testbed_dir, str(blocker / "w"), check=False)
+    assert r.returncode != 0 and f"workdir {blocker}/w is not writable" in r.stderr
+
+
+def test_failed_save_leaves_no_partial_latest_checkpoint(tmp_path, monkeypatch):
+    """A save that dies half-way (a full disk) must not become the step a restart resumes."""
+    import jax.numpy as jnp
+    import orbax.checkpoint as ocp
+
+    ckpt = checkpoint.Checkpoints(str(tmp_path / "c"), async_save=False)
+    params = {"w": jnp.ones((4,))}
+    ckpt.save(1, params, {"step": 1})
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    # The JSON record is written after the params item has started: the step is half-written.
+    handler = ocp.handlers.JsonCheckpointHandler
+    monkeypatch.setattr(handler, "save", disk_full)
+    monkeypatch.setattr(handler, "async_save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        ckpt.save(2, params, {"step": 2})
+        ckpt.wait()
+    monkeypatch.undo()
+    reopened = checkpoint.Checkpoints(str(tmp_path / "c"), async_save=False)
+    assert reopened.latest_step() == 1
+    _, _, meta = reopened.restore(None, jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), params))
+    assert meta["step"] == 1

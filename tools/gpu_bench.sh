@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# GPU benchmarks in one device call (docs/benchmarks.md records the results):
+#   our sampler vs transformers generate and the Tunix sampler (1.7B and 0.6B shapes),
+#   DTR on/off, the GRPO update's MFU, and the bf16 parity tests.
+# Wheels the device image lacks travel in .whl/ (see the device README); tunix goes there too.
+#   bash tools/gpu_bench.sh [PEER_BENCH_DIR]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+peers=${1:-../shared/peer-bench}
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.9
+out=${OUT:-/tmp/gpu_bench}; mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+for shape in qwen3-1.7b qwen3-0.6b; do
+  python3 tools/bench_sampler.py --preset "$shape" --json "$out/ours_$shape.json" \
+    | tee "$out/ours_$shape.txt"
+  [ -f "$peers/tunix_sampler.py" ] && python3 "$peers/tunix_sampler.py" --shape "$shape" \
+    --batch 256 --prompt_len 128 --new_tokens 512 --dtype bfloat16 | tee "$out/tunix_$shape.json"
+done
+python3 tools/bench_train.py --preset qwen3-1.7b --batch 16 --seq 2048 --dtype bfloat16 \
+  --microbatches 4 | tee "$out/train.txt"
+python3 -m pytest -q tests/model_test.py tests/sampling_test.py 2>&1 | tail -n 5 | tee "$out/tests.txt"
