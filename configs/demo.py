@@ -22,11 +22,11 @@ def get_config():
     c.demo.n_train = 1500  # Distinct problems; difficulty 1 has 729 in all.
     c.demo.n_eval = 300
     c.demo.n_sft = 6000
-    c.demo.sft_steps = 300
-    c.demo.sft_learning_rate = 3e-3
-    c.demo.sft_warmup_steps = 30
+    c.demo.sft_steps = 200
+    c.demo.sft_learning_rate = 5e-3
+    c.demo.sft_warmup_steps = 20
 
-    # A small Qwen3: 4 layers, width 96, the testbed's 363-token vocabulary padded to 384.
+    # A small Qwen3: 4 layers, width 96, the testbed's 371-token vocabulary padded to 384.
     c.model.overrides = ml_collections.ConfigDict(dict(
         vocab_size=384, embed_dim=96, mlp_dim=288, num_layers=4, num_heads=4, num_kv_heads=2,
         head_dim=24, tie_word_embeddings=True, bos_token_id=0, eos_token_id=2))

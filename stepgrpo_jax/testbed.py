@@ -1,18 +1,28 @@
-r"""The overthinking testbed: addition problems, teacher traces with a re-checking habit, and a
-small byte-level tokenizer, all generated offline from a seed.
+r"""The overthinking testbed: sums of small numbers worked as running sums, teacher traces with
+a re-checking habit, and a small byte-level tokenizer, all generated offline from a seed.
 
 A small Qwen3-architecture model warm-started on these traces learns the teacher's habit: a
-first attempt that sometimes drops a carry, a "Wait" step per fix, then 0-4 redundant "Wait"
-re-checks of an answer already right. Step-GRPO should learn to drop the re-checks.
+first attempt that sometimes slips on one small addition, a "Wait" step per fix, then 0-4
+redundant "Wait" re-checks of an answer already right. Step-GRPO should learn to drop the
+re-checks.
 
-Difficulty d: one operand has d digits, the other d + 1 ("47 + 5" is d = 1, "47 + 385" is
-d = 2; d = 1 still has ~1,600 problems). More columns carry on harder problems and the teacher
-drops carries more readily there, so first attempts fail more often.
+Difficulty d: d + 2 single-digit terms ("What is 3+5+9?" is d = 1: 729 problems). The first
+attempt is a chain of d + 1 small steps, "3+5=8;8+9=17.", each a running sum (at most two
+digits) plus one digit: every computation is local and needs only a small addition table, so a
+tiny transformer can learn it in a few hundred SFT steps. No spaces inside the chain: with
+digits one token each, a space before a number would be a token of its own, and "copy what
+follows the last `=`" is easier to learn than "copy what follows a space".
+
+Harder problems have more steps and the teacher slips more readily on each (`slip_prob`), so
+first attempts fail more often. A slip (at most one per chain) drops the carry (8+9=7) or is
+off by one; later steps go on from the wrong sum, so the chain ends wrong. A fix redoes the
+wrong step and the rest of the chain from there: "Wait, 8+9=17, not 7;17+2=19." (the redone
+tail may slip again: at most two fixes).
 
 The DTR probe (SPEC §3) is in-distribution by construction. Steps are lines, so a step boundary
 follows "\n" and the probe text `PROBE_PROMPT` reads exactly as the teacher's own closing
-`PROBE_PROMPT + "{432}" + EXIT_SUFFIX`. The teacher also sometimes writes a premature
-`**Final Answer** \boxed{422}` for a wrong answer and goes on with "Wait" instead of
+`PROBE_PROMPT + "{19}" + EXIT_SUFFIX`. The teacher also sometimes writes a premature
+`**Final Answer** \boxed{18}` for a wrong answer and goes on with "Wait" instead of
 `</think>`. So in the data `</think>` follows a boxed answer exactly when that answer is right:
 a probe ends with `</think>` (confidence > 0) only if the model judges its current answer right.
 A fifth of the traces close thinking with `EXIT_SUFFIX` right after a step, as DTR does on an
@@ -38,23 +48,31 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</t
 # An upper bound only: BPE runs out of pairs to merge (every word whole) below 400 tokens.
 MAX_VOCAB = 1024
 MAX_REDUNDANT = 4  # Redundant re-checks per trace: uniform in 0..MAX_REDUNDANT.
+MAX_FIXES = 2  # Necessary fixes per trace; the last allowed fix never slips.
 PREMATURE = 0.5  # Chance of a premature "Final Answer" at each wrong answer before its fix.
 PLAIN_CLOSE = 0.2  # Chance that thinking ends with EXIT_SUFFIX alone, as after a DTR early exit.
 
-_PROBLEM = re.compile(r"What is (\d+) \+ (\d+)\?")
+_PROBLEM = re.compile(r"What is (\d+(?:\+\d+)+)\?")
 _SPECIAL = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
-# Redundant re-checks of a right sum s = a + b: each confirms, none changes the answer.
+# Redundant re-checks of a right sum s: each confirms, none changes the answer, none starts like
+# a fix ("Wait, 8+9=17, not ..."). They only restate s: no arithmetic for a tiny model to
+# learn beyond the chain's.
 _CHECKS = (
-    "Wait, {s} - {b} = {a}. Yes.",
-    "Wait, {b} + {a} = {s}. Yes.",
-    "Wait, it ends in {s0}: {a1} + {b1} = {s1}. Right.",
-    "Wait, let me check again. Yes, {s}.",
+    "Wait, let me check again. Sum={s}. Yes.",
+    "Wait, is the sum={s}? Yes.",
+    "Wait, let me add them once more. Right, sum={s}.",
+    "Wait, double-check: sum={s}. Yes.",
 )
 
 
-def forget_prob(difficulty: int) -> float:
-    """Chance that the teacher drops the carry out of a column, rising with difficulty."""
-    return min(0.2 + 0.05 * difficulty, 0.5)
+def slip_prob(difficulty: int) -> float:
+    """Chance that the teacher gets one step of the chain wrong, rising with difficulty."""
+    return min(0.04 + 0.02 * difficulty, 0.3)
+
+
+def terms_of(problem: str) -> list[int]:
+    """The terms of a problem's text, "What is 3 + 5 + 9?" -> [3, 5, 9]."""
+    return [int(t) for t in _PROBLEM.fullmatch(problem).group(1).split("+")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,14 +80,10 @@ def forget_prob(difficulty: int) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def _number(digits: int, rng: random.Random) -> int:
-    return rng.randint(10 ** (digits - 1), 10**digits - 1)
-
-
 def _problem(difficulty: int, rng: random.Random) -> dict[str, Any]:
-    short, long = _number(difficulty, rng), _number(difficulty + 1, rng)
-    a, b = (short, long) if rng.random() < 0.5 else (long, short)
-    return {"problem": f"What is {a} + {b}?", "answer": str(a + b), "difficulty": difficulty}
+    terms = [rng.randint(1, 9) for _ in range(difficulty + 2)]
+    return {"problem": f"What is {'+'.join(map(str, terms))}?", "answer": str(sum(terms)),
+            "difficulty": difficulty}
 
 
 def make_problems(n: int, seed: int | str, difficulties: Sequence[int] = (1, 2, 3),
@@ -77,13 +91,13 @@ def make_problems(n: int, seed: int | str, difficulties: Sequence[int] = (1, 2, 
     """n problems (`problem`, `answer`, `difficulty`), difficulties in turn, deterministic in
     `seed`; none has its text in `exclude` (held-out problems), none repeats if `distinct`."""
     if not difficulties or min(difficulties) < 1:
-        raise ValueError(f"difficulties must be digit counts >= 1, got {difficulties}")
+        raise ValueError(f"difficulties must be >= 1, got {difficulties}")
     rng = random.Random(f"problems:{seed}")
     seen = set(exclude)
     rows = []
     for i in range(n):
         d = difficulties[i % len(difficulties)]
-        for _ in range(1000):  # Rejection sampling; d = 1 has 1,620 problems in all.
+        for _ in range(1000):  # Rejection sampling; d = 1 has 729 problems in all.
             row = _problem(d, rng)
             if row["problem"] not in seen:
                 break
@@ -100,31 +114,26 @@ def make_problems(n: int, seed: int | str, difficulties: Sequence[int] = (1, 2, 
 # ---------------------------------------------------------------------------------------------
 
 
-def _digit(x: int, column: int) -> int:
-    return x // 10**column % 10
+def _slip(x: int, y: int, rng: random.Random) -> int:
+    """A wrong x + y: the carry dropped where there is one, else off by one."""
+    if x % 10 + y >= 10:
+        return x + y - 10
+    return x + y + 1 if x + y == 0 or rng.random() < 0.5 else x + y - 1
 
 
-def _sloppy_sum(a: int, b: int, forget: Collection[int]) -> tuple[int, int | None]:
-    """a + b column by column, dropping the carry out of each column in `forget` (except into a
-    new leading column: nobody forgets to write the leading 1). Returns the sum and the lowest
-    column whose carry was dropped (None when the sum is right)."""
-    width = max(len(str(a)), len(str(b)))
-    total, carry, dropped = 0, 0, None
-    for c in range(width):
-        s = _digit(a, c) + _digit(b, c) + carry
-        total, carry = total + s % 10 * 10**c, s // 10
-        if carry and c in forget and c + 1 < width:
-            carry = 0
-            dropped = c if dropped is None else dropped
-    return total + carry * 10**width, dropped
-
-
-def _fix(a: int, b: int, column: int, new_sum: int) -> str:
-    """The step that redoes one column, with its true incoming carry, and restates the sum."""
-    carry_in = (a % 10**column + b % 10**column) // 10**column
-    terms = [_digit(x, column) for x in (a, b) if x >= 10**column] + [carry_in] * carry_in
-    return (f"Wait, {' + '.join(map(str, terms))} = {sum(terms)}, carry 1. "
-            f"{a} + {b} = {new_sum}.")
+def _chain(x: int, terms: Sequence[int], q: float,
+           rng: random.Random) -> tuple[list[str], int, int | None]:
+    """Running sums from x over `terms`, each step wrong with chance q until one is. Returns the
+    step texts, the final (stated) sum and the index of the wrong step (None when all are right).
+    One slip per chain: its error carries to the end, so a chain is right iff its sum is."""
+    steps, wrong = [], None
+    for i, y in enumerate(terms):
+        z = _slip(x, y, rng) if wrong is None and rng.random() < q else x + y
+        if z != x + y:
+            wrong = i
+        steps.append(f"{x}+{y}={z}")
+        x = z
+    return steps, x, wrong
 
 
 def _final(answer: int) -> str:
@@ -138,24 +147,27 @@ def make_trace(problem: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     `first_correct`; and `settled`, one flag per "Wait": whether the answer stated just before
     that step boundary is already right (where a DTR probe should be confident).
     """
-    a, b = map(int, _PROBLEM.fullmatch(problem["problem"]).groups())
-    answer = a + b
-    q = forget_prob(problem["difficulty"])
-    # At most two dropped carries: a longer chain of fixes would bloat the rare worst traces.
-    forget = set(sorted(c for c in range(len(str(answer))) if rng.random() < q)[:2])
-    current, dropped = _sloppy_sum(a, b, forget)
-    parts = ["<think>\n", f"{a} + {b} = {current}.\n"]
+    terms = terms_of(problem["problem"])
+    answer = sum(terms)
+    q = slip_prob(problem["difficulty"])
+    steps, current, wrong = _chain(terms[0], terms[1:], q, rng)
+    # Running sums before each step: prefix[i] is the right sum before terms[i + 1] is added.
+    prefix = [sum(terms[:i + 1]) for i in range(len(terms) - 1)]
+    parts = ["<think>\n", ";".join(steps) + ".\n"]
     settled, first_correct = [], current == answer
-    while dropped is not None:
+    while wrong is not None:
         if rng.random() < PREMATURE:
             parts.append(_final(current))
-        forget.discard(dropped)
-        fixed_column, (current, dropped) = dropped, _sloppy_sum(a, b, forget)
-        parts.append(_fix(a, b, fixed_column, current) + "\n")
+        x, y = prefix[wrong], terms[wrong + 1]
+        bad = steps[wrong].rpartition("=")[2]
+        last_fix = len(settled) + 1 >= MAX_FIXES
+        tail, current, later = _chain(x + y, terms[wrong + 2:], 0.0 if last_fix else q, rng)
+        parts.append(";".join([f"Wait, {x}+{y}={x + y}, not {bad}", *tail]) + ".\n")
         settled.append(False)
+        steps = steps[:wrong] + [f"{x}+{y}={x + y}"] + tail
+        wrong = None if later is None else wrong + 1 + later
     redundant = rng.sample(_CHECKS, rng.randint(0, MAX_REDUNDANT))
-    last = dict(a=a, b=b, s=answer, a1=a % 10, b1=b % 10, s1=a % 10 + b % 10, s0=answer % 10)
-    parts += [check.format(**last) + "\n" for check in redundant]
+    parts += [check.format(s=answer) + "\n" for check in redundant]
     settled += [True] * len(redundant)
     close = EXIT_SUFFIX if rng.random() < PLAIN_CLOSE else _final(answer) + EXIT_SUFFIX[1:]
     parts += [close, f"The answer is \\boxed{{{answer}}}.<|im_end|>"]
@@ -216,7 +228,7 @@ def _stats(group: list[tuple[dict[str, Any], int]], with_tokens: bool) -> dict[s
 def build_tokenizer(out_dir: str, seed: int = 0) -> str:
     """Trains a byte-level BPE on generated prompts and traces; saves it in HF format.
 
-    Digits are split one per token (so sums are learnable column by column); words of the
+    Digits are split one per token (so sums are learnable digit by digit); words of the
     corpus, "Wait" included, end up whole. Byte-level: any text round-trips. Deterministic in
     `seed`.
     """
@@ -254,7 +266,7 @@ def build_tokenizer(out_dir: str, seed: int = 0) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def prepare(out_dir: str, seed: int = 0, n_train: int = 3000, n_eval: int = 300,
+def prepare(out_dir: str, seed: int = 0, n_train: int = 1500, n_eval: int = 300,
             n_sft: int = 6000, difficulties: Sequence[int] = (1, 2, 3)) -> dict[str, str]:
     """Writes `tokenizer/`, `train.jsonl`, `eval.jsonl` (problem, answer, difficulty) and
     `sft.jsonl` (+ response) under `out_dir`; returns their paths. Eval problems are distinct

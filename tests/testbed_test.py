@@ -59,17 +59,18 @@ def test_problems_match_their_difficulty():
     assert collections.Counter(p["difficulty"] for p in problems) == {d: 200 for d in
                                                                       ALL_DIFFICULTIES}
     for p in problems:
-        a, b = map(int, re.fullmatch(r"What is (\d+) \+ (\d+)\?", p["problem"]).groups())
-        assert p["answer"] == str(a + b)
-        assert sorted((len(str(a)), len(str(b)))) == [p["difficulty"], p["difficulty"] + 1]
+        terms = testbed.terms_of(p["problem"])
+        assert p["problem"] == f"What is {'+'.join(map(str, terms))}?"
+        assert p["answer"] == str(sum(terms))
+        assert len(terms) == p["difficulty"] + 2 and all(1 <= t <= 9 for t in terms)
 
 
 def test_exclude_and_exhaustion():
-    held_out = {p["problem"] for p in testbed.make_problems(500, seed=1, difficulties=(1,))}
-    train = testbed.make_problems(1000, seed=2, difficulties=(1,), exclude=held_out)
+    held_out = {p["problem"] for p in testbed.make_problems(300, seed=1, difficulties=(1,))}
+    train = testbed.make_problems(400, seed=2, difficulties=(1,), exclude=held_out)
     assert not held_out & {p["problem"] for p in train}
     with pytest.raises(ValueError, match="too few difficulty-1 problems"):
-        testbed.make_problems(1700, seed=0, difficulties=(1,))
+        testbed.make_problems(730, seed=0, difficulties=(1,))  # 9 ** 3 in all.
 
 
 def test_prepare_writes_disjoint_splits(testbed_dir):
@@ -95,9 +96,32 @@ def test_trace_step_counts_and_answers(rows):
             1 + r["necessary"] + r["redundant"], r["response"]
         assert rewards.extract_boxed(r["response"]) == r["answer"]
         assert r["response"].startswith("<think>\n") and r["response"].endswith("<|im_end|>")
-        first = re.match(r"<think>\n\d+ \+ \d+ = (\d+)\.\n", r["response"]).group(1)
-        assert r["first_correct"] == (first == r["answer"]) == (r["necessary"] == 0)
+        # The first attempt: a chain of running sums, one step per term after the first.
+        terms = testbed.terms_of(r["problem"])
+        first = r["response"].split("\n")[1]
+        chain = re.findall(r"(\d+)\+(\d)=(\d+)", first)
+        assert ";".join(f"{x}+{y}={z}" for x, y, z in chain) + "." == first
+        assert [int(y) for _, y, _ in chain] == terms[1:] and chain[0][0] == str(terms[0])
+        assert all(z == x2 for (_, _, z), (x2, _, _) in itertools.pairwise(chain))
+        assert r["first_correct"] == (chain[-1][2] == r["answer"]) == (r["necessary"] == 0)
+        assert r["necessary"] <= testbed.MAX_FIXES
         assert r["settled"] == [False] * r["necessary"] + [True] * r["redundant"]
+
+
+def test_fixes_redo_the_first_wrong_step(rows):
+    """A fix restates the first wrong step, right, and goes on from there; every step of it
+    but the last fix's may slip again, and the last statement of the thinking is the answer."""
+    for r in rows:
+        terms = testbed.terms_of(r["problem"])
+        fixes = re.findall(r"Wait, (\d+)\+(\d)=(\d+), not (\d+)[;.]", r["response"])
+        assert len(fixes) == r["necessary"]
+        for x, y, z, bad in fixes:
+            assert int(x) + int(y) == int(z) != int(bad)
+            assert int(x) in [sum(terms[:i]) for i in range(1, len(terms))]
+        chains = [line for line in _thinking(r["response"]).split("\n")
+                  if re.match(r"(Wait, )?\d+\+\d=", line)]
+        assert len(chains) == 1 + r["necessary"]
+        assert re.findall(r"=(\d+)", chains[-1])[-1] == r["answer"], r["response"]
 
 
 def test_first_attempt_fails_more_often_when_harder(rows):

@@ -1,6 +1,6 @@
 """Writes the overthinking testbed (tokenizer, GRPO/eval problems, SFT traces) and its stats.
 
-  python tools/make_testbed.py --out /tmp/testbed [--seed 0] [--train 3000] [--eval 300] \
+  python tools/make_testbed.py --out /tmp/testbed [--seed 0] [--train 1500] [--eval 300] \
       [--sft 6000]
 """
 
@@ -12,7 +12,7 @@ from stepgrpo_jax import testbed, tokenizer
 
 OUT = flags.DEFINE_string("out", None, "Directory to write the testbed into.", required=True)
 SEED = flags.DEFINE_integer("seed", 0, "Seed of problems, traces and tokenizer.")
-TRAIN = flags.DEFINE_integer("train", 3000, "GRPO training problems.")
+TRAIN = flags.DEFINE_integer("train", 1500, "GRPO training problems.")
 EVAL = flags.DEFINE_integer("eval", 300, "Held-out evaluation problems (distinct).")
 SFT = flags.DEFINE_integer("sft", 6000, "Warm-start rows (problem + teacher response).")
 DIFFICULTIES = flags.DEFINE_list("difficulties", ["1", "2", "3"], "Digit counts to mix.")
