@@ -3,6 +3,9 @@ optimiser. Shared by training, supervised warm start and evaluation."""
 
 from __future__ import annotations
 
+import os
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -10,6 +13,7 @@ import numpy as np
 from absl import logging
 
 from stepgrpo_jax import checkpoint, data, grpo, model, parallel, sampling, tokenizer
+from stepgrpo_jax.metrics import MetricsWriter
 
 
 def build_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
@@ -113,6 +117,29 @@ def as_list(files) -> list[str]:
     if isinstance(files, str):
         return [f for f in files.split(",") if f]
     return list(files)
+
+
+class Resumed(NamedTuple):
+    """What a training loop starts from: its checkpoints, state, first step, data, metrics."""
+
+    ckpt: checkpoint.Checkpoints
+    state: grpo.TrainState
+    start: int
+    stream: data.PromptStream
+    writer: MetricsWriter
+
+
+def resume(config: ml_collections.ConfigDict, workdir: str, state: grpo.TrainState, mesh,
+           optimizer, model_cfg: model.ModelConfig, source) -> Resumed:
+    """Opens the run's checkpoints and restores the latest (else keeps the fresh `state`),
+    the data stream at its saved position, and the metrics file cut back to that step."""
+    ckpt = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.ckpt.max_to_keep,
+                                  config.ckpt.async_save)
+    state, start, position = restore_train_state(ckpt, state, mesh, optimizer, model_cfg)
+    stream = data.PromptStream(source, config.seed, config.data.shuffle, position)
+    writer = MetricsWriter(workdir, config.log.tensorboard)
+    writer.truncate_after(start)
+    return Resumed(ckpt, state, start, stream, writer)
 
 
 def restore_train_state(ckpt: checkpoint.Checkpoints, state: grpo.TrainState, mesh,

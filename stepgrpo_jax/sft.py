@@ -7,7 +7,6 @@ Same mesh, train state, checkpoints and metrics as GRPO training; rows come from
 from __future__ import annotations
 
 import functools
-import os
 import time
 from typing import Any
 
@@ -18,8 +17,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from stepgrpo_jax import checkpoint, data, experiment, grpo, parallel, tokenizer
-from stepgrpo_jax.metrics import MetricsWriter
+from stepgrpo_jax import data, experiment, grpo, parallel, tokenizer
 from stepgrpo_jax.model import ModelConfig
 
 
@@ -93,13 +91,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                       donate_argnums=0)
 
     # ---- restore
-    ckpt = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.ckpt.max_to_keep,
-                                  config.ckpt.async_save)
-    state, start, position = experiment.restore_train_state(ckpt, state, mesh, optimizer,
-                                                            model_cfg)
-    stream = data.PromptStream(source, config.seed, config.data.shuffle, position)
-    writer = MetricsWriter(workdir, config.log.tensorboard)
-    writer.truncate_after(start)
+    ckpt, state, start, stream, writer = experiment.resume(config, workdir, state, mesh,
+                                                           optimizer, model_cfg, source)
 
     # ---- loop
     last: dict[str, Any] = {}

@@ -20,7 +20,6 @@ from absl import logging
 from tqdm import tqdm
 
 from stepgrpo_jax import (
-    checkpoint,
     data,
     evaluate,
     experiment,
@@ -30,7 +29,6 @@ from stepgrpo_jax import (
     sampling,
     tokenizer,
 )
-from stepgrpo_jax.metrics import MetricsWriter
 
 # ----------------------------------------------------------------------------------- batches
 
@@ -137,20 +135,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     update = grpo.make_update_step(model_cfg, loss_cfg, optimizer, mesh,
                                    num_microbatches=config.grpo.num_microbatches,
                                    chunk_size=config.grpo.logprob_chunk)
-    logprobs = grpo.make_compute_logprobs(model_cfg, mesh, chunk_size=config.grpo.logprob_chunk)
+    # Old and reference log-probs of a whole rollout, in pieces the size of one update's.
+    logprobs = grpo.make_compute_logprobs(
+        model_cfg, mesh, chunk_size=config.grpo.logprob_chunk,
+        num_microbatches=config.grpo.num_minibatches * config.grpo.num_microbatches)
     sampler = experiment.make_sampler(config, tok, model_cfg, mesh)
     triggers = tuple(config.dtr.triggers)
     eval_sampler = (experiment.make_sampler(config, tok, model_cfg, mesh, evaluation=True)
                     if eval_problems else None)
 
     # ---- restore: this workdir's latest checkpoint, else the initial model
-    ckpt = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.ckpt.max_to_keep,
-                                  config.ckpt.async_save)
-    state, start, position = experiment.restore_train_state(ckpt, state, mesh, optimizer,
-                                                            model_cfg)
-    stream = data.PromptStream(source, config.seed, config.data.shuffle, position)
-    writer = MetricsWriter(workdir, config.log.tensorboard)
-    writer.truncate_after(start)
+    ckpt, state, start, stream, writer = experiment.resume(config, workdir, state, mesh,
+                                                           optimizer, model_cfg, source)
 
     # ---- loop
     preempted = _Preempted()
