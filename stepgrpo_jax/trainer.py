@@ -6,7 +6,6 @@ restore, loop. `mode="sft"` swaps the rollout for supervised traces (see `sft.py
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import time
@@ -204,8 +203,8 @@ def rollout(config: ml_collections.ConfigDict, sampler: sampling.Sampler, tok, p
     G, scfg = config.grpo.group_size, sampler.scfg
     prompt_ids = [ids for p in problems for ids in [tokenizer.encode_problem(tok, p.problem)] * G]
     chunk = config.sampling.batch_size
-    out = _concat([sampler(params, prompt_ids[i:i + chunk], jax.random.fold_in(rng, i))
-                   for i in range(0, len(prompt_ids), chunk)])
+    out = sampling.concat([sampler(params, prompt_ids[i:i + chunk], jax.random.fold_in(rng, i))
+                           for i in range(0, len(prompt_ids), chunk)])
     completions = [out.tokens[i, :n] for i, n in enumerate(out.lengths)]
     texts = tok.batch_decode(completions, skip_special_tokens=False)
     reward_cfg = dict(config.reward, overlong_max_len=scfg.max_new_tokens)
@@ -222,24 +221,6 @@ def rollout(config: ml_collections.ConfigDict, sampler: sampling.Sampler, tok, p
     m.update(generated_tokens=parallel.process_sum(np.sum(out.lengths)),
              grader_timeouts=parallel.process_sum(info["grader_timeouts"]))
     return batch, m
-
-
-def _concat(outs: list[sampling.SampleOutput]) -> sampling.SampleOutput:
-    """The rows of several sampler calls as one output."""
-    if len(outs) == 1:
-        return outs[0]
-    width = max(o.tokens.shape[1] for o in outs)
-    fields = {}
-    for f in dataclasses.fields(sampling.SampleOutput):
-        values = [getattr(o, f.name) for o in outs]
-        if f.name == "num_steps":
-            fields[f.name] = max(values)
-        elif values[0].ndim == 2:  # [B, R]: pad to the widest.
-            fields[f.name] = np.concatenate(
-                [np.pad(v, ((0, 0), (0, width - v.shape[1]))) for v in values])
-        else:
-            fields[f.name] = np.concatenate(values)
-    return sampling.SampleOutput(**fields)
 
 
 def _check_workdir(workdir: str) -> None:

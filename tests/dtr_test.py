@@ -121,7 +121,7 @@ def reference_dtr(prompt: list[int], scfg: sampling.SamplerConfig, log: list) ->
     while reason != "eos" and len(tokens) < scfg.max_new_tokens and tokens[-1] not in scfg.eos_ids:
         tokens.append(int(np.argmax(_next_logprobs(prompt + tokens))))  # ANSWER
         forced.append(False)
-    R = scfg.max_new_tokens  # noqa: N806
+    R = scfg.max_new_tokens
     return dict(tokens=tokens[:R], forced=forced[:R], reason=reason, probes=probes,
                 think_end=min(think_end, R))
 

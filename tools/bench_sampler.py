@@ -63,20 +63,8 @@ def best_times(fns, repeats: int) -> list[float]:
     return best
 
 
-def time_ours(cfg, params, prompts, configs, tables, repeats: int
-              ) -> tuple[list[float], list[sampling.SampleOutput]]:
-    samplers = [sampling.Sampler(cfg, scfg, tables) for scfg in configs]
-    outputs = [None] * len(samplers)
-
-    def run(i):
-        outputs[i] = samplers[i](params, prompts, jax.random.key(1))
-
-    seconds = best_times([lambda i=i: run(i) for i in range(len(samplers))], repeats)
-    return seconds, outputs
-
-
-def time_hf(cfg, params, prompts, new_tokens: int, repeats: int) -> tuple[float, int]:
-    """Seconds of transformers `generate` and the torch thread count it ran with."""
+def hf_runner(cfg, params, prompts, new_tokens: int):
+    """A function that runs transformers `generate` on our params, and its torch thread count."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
@@ -90,7 +78,7 @@ def time_hf(cfg, params, prompts, new_tokens: int, repeats: int) -> tuple[float,
     hf_model = hf_model.to(device=device, dtype=dtype).eval()
     ids = torch.tensor(prompts, device=device)
 
-    def run(tokens: int):
+    def run(tokens: int = new_tokens):
         with torch.inference_mode():
             out = hf_model.generate(
                 input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
@@ -110,7 +98,7 @@ def time_hf(cfg, params, prompts, new_tokens: int, repeats: int) -> tuple[float,
 
         threads = min({1, os.cpu_count()}, key=seconds_with)
         torch.set_num_threads(threads)
-    return best_times([lambda: run(new_tokens)], repeats)[0], threads
+    return run, threads
 
 
 def roofline_tokens_per_s(cfg, batch: int, prompt_len: int, new_tokens: int,
@@ -149,10 +137,22 @@ def main(argv=None) -> None:
                                    temperature=1.0, eos_ids=(), cache_dtype=dtype)
     with_dtr = dataclasses.replace(plain, dtr=sampling.DTRConfig.from_tokenizer(tok))
 
+    samplers = [sampling.Sampler(cfg, scfg, tables) for scfg in (plain, with_dtr)]
+    outputs = [None, None]
+
+    def ours(i):
+        outputs[i] = samplers[i](params, prompts, jax.random.key(1))
+
+    runners = [lambda: ours(0), lambda: ours(1)]
+    if not args.skip_hf:
+        import transformers
+
+        hf_run, threads = hf_runner(cfg, params, prompts, new_tokens)
+        runners.append(hf_run)
+    seconds = best_times(runners, args.repeats)
+    ours_s, dtr_s = seconds[:2]
+    assert (outputs[1].lengths == new_tokens).all()
     generated = batch * new_tokens
-    (ours_s, dtr_s), (_, dtr_out) = time_ours(cfg, params, prompts, [plain, with_dtr], tables,
-                                              args.repeats)
-    assert (dtr_out.lengths == new_tokens).all()
     result = {
         "preset": args.preset, "batch": batch, "prompt_len": prompt_len,
         "new_tokens": new_tokens, "dtype": dtype, "params": model.num_params(cfg),
@@ -161,14 +161,11 @@ def main(argv=None) -> None:
         "ours_tokens_per_s": round(generated / ours_s, 1),
         "dtr_tokens_per_s": round(generated / dtr_s, 1),
         "dtr_over_plain_per_token": round(dtr_s / ours_s, 3),
-        "dtr_probes": int(dtr_out.num_probes.sum()), "dtr_iterations": dtr_out.num_steps,
+        "dtr_probes": int(outputs[1].num_probes.sum()), "dtr_iterations": outputs[1].num_steps,
     }
     if not args.skip_hf:
-        import transformers
-
-        hf_s, threads = time_hf(cfg, params, prompts, new_tokens, args.repeats)
-        result.update(hf_tokens_per_s=round(generated / hf_s, 1), torch_threads=threads,
-                      ours_over_hf=round(hf_s / ours_s, 2),
+        result.update(hf_tokens_per_s=round(generated / seconds[2], 1), torch_threads=threads,
+                      ours_over_hf=round(seconds[2] / ours_s, 2),
                       transformers=transformers.__version__)
     roofline = roofline_tokens_per_s(cfg, batch, prompt_len, new_tokens, bandwidth)
     result.update(bandwidth_gbs=bandwidth, roofline_tokens_per_s=round(roofline, 1),

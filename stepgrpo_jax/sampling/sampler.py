@@ -31,8 +31,8 @@ class SampleOutput:
     """Per-row results on the host; completion slots past `lengths` hold padding."""
 
     tokens: np.ndarray  # [B, R] int32: completion ids, EOS included
-    logprobs: np.ndarray  # [B, R] float32: log-prob of each token under the model's softmax at
-    # temperature 1 (not under the filtered sampling distribution): diagnostics for the trainer
+    logprobs: np.ndarray  # [B, R] float32: log-prob of each token (appended ones too) under the
+    # model's softmax at temperature 1, not the filtered sampling distribution: diagnostics
     forced: np.ndarray  # [B, R] bool: appended by the sampler (exit suffix, "\n\n") or put back
     lengths: np.ndarray  # [B] int32
     step_counts: np.ndarray  # [B] int32: k = 1 + trigger occurrences in the completion (SPEC §2)
@@ -107,7 +107,7 @@ def _constrain_cache(cache: model.KVCache) -> model.KVCache:
 
 def _generate(cfg: ModelConfig, scfg: SamplerConfig, params: Params, tables: TriggerTables,
               ids: jax.Array, prompt_len: jax.Array, rng: jax.Array) -> dict[str, jax.Array]:
-    B, T = ids.shape  # noqa: N806
+    B, T = ids.shape
     R, dtr = scfg.max_new_tokens, scfg.dtr
     probe_slots = len(dtr.probe_ids) + dtr.probe_budget if dtr else 0
     num_slots = T + R + probe_slots

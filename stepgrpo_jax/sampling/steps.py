@@ -68,7 +68,8 @@ class TriggerTables:
                                    clean_up_tokenization_spaces=False)
         return cls.from_strings(strings + [""] * (vocab_size - n), triggers)
 
-    def lookup(self, state: jax.Array, token: jax.Array):
+    def lookup(self, state: jax.Array, token: jax.Array
+               ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         """(next state, confirmed count, starts, first_here) for per-row states and tokens."""
         e = self.table[state, token]
         return (e & ((1 << _COUNT_SHIFT) - 1), (e >> _COUNT_SHIFT) & 0xFFF,
