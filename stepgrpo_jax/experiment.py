@@ -67,8 +67,18 @@ def sampler_config(config: ml_collections.ConfigDict, tok, *, evaluation: bool =
     return sampling.SamplerConfig(
         max_new_tokens=s.max_new_tokens, prompt_buckets=tuple(config.sampling.prompt_buckets),
         temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-        cache_dtype=config.sampling.cache_dtype, eos_ids=(tok.eos_token_id,),
+        cache_dtype=config.sampling.cache_dtype, eos_ids=stop_ids(tok),
         think_end_id=tok.convert_tokens_to_ids("</think>"), pad_id=tok.pad_token_id, dtr=dtr)
+
+
+def stop_ids(tok) -> tuple[int, ...]:
+    """End-of-sequence ids: the tokenizer's EOS and, as Qwen3's generation config has it,
+    `<|endoftext|>` when the vocabulary has one."""
+    ids = [tok.eos_token_id]
+    endoftext = tok.convert_tokens_to_ids("<|endoftext|>")
+    if endoftext is not None and endoftext != tok.unk_token_id and endoftext not in ids:
+        ids.append(endoftext)
+    return tuple(ids)
 
 
 def loss_config(config: ml_collections.ConfigDict) -> grpo.LossConfig:
