@@ -221,3 +221,23 @@ def test_failed_save_leaves_no_partial_latest_checkpoint(tmp_path, monkeypatch):
     _, _, meta = reopened.restore(None, jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), params))
     assert meta["step"] == 1
+
+
+@pytest.mark.slow
+def test_periodic_evaluation_is_logged(testbed_dir, tmp_path):
+    """In this process: the 8 simulated devices of conftest form the mesh."""
+    import tiny_run_config
+
+    from stepgrpo_jax import trainer
+
+    c = tiny_run_config.get_config(f"testbed={testbed_dir}")
+    c.total_steps, c.eval.every_steps = 2, 1
+    c.grpo.num_minibatches = 1  # 8 rows per update over the 8 simulated devices.
+    c.eval.files = (f"{testbed_dir}/eval.jsonl",)
+    workdir = str(tmp_path / "w")
+    trainer.train(c, workdir)
+    lines = _metrics(workdir)
+    assert [m["step"] for m in lines] == [1, 2]
+    for m in lines:
+        assert 0 <= m["eval_accuracy"] <= 1 and m["eval_num_problems"] == 8
+        assert m["eval_response_tokens_mean"] > 0
