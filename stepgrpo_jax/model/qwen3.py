@@ -361,21 +361,33 @@ def hidden_states(cfg: ModelConfig, params: Params, input_ids: jax.Array,
     h = table[input_ids]
     h = constrain(h, ("act_batch", "act_seq", "act_embed"))
 
-    def body(h, xs):
-        p, ck, cv = xs
-        if cache is None:
+    if cache is None:
+        def body(h, p):
             h, _, _ = _layer(cfg, h, p, positions, attention_mask, None, None)
             return h, None
-        k_valid = jnp.ones(ck.shape[:2], bool)
-        h, ck, cv = _layer(cfg, h, p, positions, k_valid, ck, cv)
-        return h, (ck, cv)
 
-    if cfg.remat != "none":
-        body = jax.checkpoint(body, policy=_REMAT[cfg.remat], prevent_cse=False)
-    xs = (params["layers"], None, None) if cache is None else (params["layers"], cache.k, cache.v)
-    h, new_kv = jax.lax.scan(body, h, xs)
+        if cfg.remat != "none":
+            body = jax.checkpoint(body, policy=_REMAT[cfg.remat], prevent_cse=False)
+        h, _ = jax.lax.scan(body, h, params["layers"])
+    else:
+        rows = jnp.arange(h.shape[0])[:, None]
+        k_valid = jnp.ones(cache.k.shape[1:3], bool)
+
+        def body(carry, xs):
+            h, k_all, v_all = carry
+            p, i = xs
+            h, ck, cv = _layer(cfg, h, p, positions, k_valid, k_all[i], v_all[i])
+            # Write back only this call's slots: the carried cache is updated in place, where
+            # returning each layer's slice would copy the whole cache every decode step.
+            k_all = k_all.at[i, rows, positions].set(ck[rows, positions], mode="drop")
+            v_all = v_all.at[i, rows, positions].set(cv[rows, positions], mode="drop")
+            return (h, k_all, v_all), None
+
+        layers = (params["layers"], jnp.arange(cfg.num_layers))
+        (h, k_all, v_all), _ = jax.lax.scan(body, (h, cache.k, cache.v), layers)
+        cache = KVCache(k_all, v_all)
     h = rms_norm(h, params["norm"], cfg.rms_norm_eps)
-    return h, (None if cache is None else KVCache(*new_kv))
+    return h, cache
 
 
 def lm_head(cfg: ModelConfig, params: Params) -> jax.Array:
