@@ -14,9 +14,8 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 
-from stepgrpo_jax import data, experiment, rewards, sampling, tokenizer
+from stepgrpo_jax import data, experiment, parallel, rewards, sampling, tokenizer
 from stepgrpo_jax.model import Params
 
 
@@ -55,10 +54,9 @@ def evaluate_problems(sampler: sampling.Sampler, params: Params, tok,
 
 
 def _global_mean(values: list[float]) -> float:
-    local = np.array([float(np.sum(values)), float(len(values))])
-    if jax.process_count() > 1:
-        local = multihost_utils.process_allgather(local).sum(axis=0)
-    return float(local[0] / max(local[1], 1.0))
+    """Mean over every host's values (hosts may hold different counts)."""
+    return parallel.process_sum(float(np.sum(values))) / max(parallel.process_sum(len(values)),
+                                                              1.0)
 
 
 def host_share(problems: Sequence[data.Problem]) -> list[data.Problem]:
