@@ -85,6 +85,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.grpo.kl_estimator = "k3"  # k1 | k2 | k3 (low_var_kl).
     c.grpo.loss_agg = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm.
     c.grpo.logprob_chunk = 1024  # Sequence chunk of the log-prob computation.
+    # Update batches pad responses to the step's longest, rounded up to this many tokens (one
+    # compile per size); 0 pads to sampling.max_new_tokens always.
+    c.grpo.response_bucket = 1024
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-6

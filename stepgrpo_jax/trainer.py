@@ -49,6 +49,15 @@ def build_batch(prompts: list[list[int]], completions: list[np.ndarray],
             "advantages": np.asarray(advantages, np.float32)}
 
 
+def response_bucket(longest: int, bucket: int, max_new_tokens: int) -> int:
+    """Response columns of an update batch: the longest completion of the step rounded up to
+    `bucket` (one compile per size, no columns that are all padding), at most max_new_tokens;
+    `bucket` 0 always gives max_new_tokens."""
+    if bucket <= 0:
+        return max_new_tokens
+    return min(max(-(-longest // bucket), 1) * bucket, max_new_tokens)
+
+
 # ----------------------------------------------------------------------------------- rollout
 
 
@@ -121,6 +130,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         eval_source, _ = experiment.load_problem_files(config, config.eval.files)
         eval_problems = [eval_source[i] for i in range(len(eval_source))]
         eval_problems = evaluate.host_share(eval_problems[:config.eval.max_problems or None])
+        experiment.check_batch_divides(config.eval.batch_size, mesh, "eval.batch_size")
 
     # ---- state (born sharded), step functions
     optimizer = experiment.make_optimizer(config)
@@ -215,8 +225,10 @@ def rollout(config: ml_collections.ConfigDict, sampler: sampling.Sampler, tok, p
     train_mask = [1.0 - out.forced[i, :n] if config.dtr.mask_forced else np.ones(n)
                   for i, n in enumerate(out.lengths)]
     prompt_len = scfg.bucket(parallel.process_max(max(map(len, prompt_ids))))
-    batch = build_batch(prompt_ids, completions, train_mask, adv, prompt_len,
-                        scfg.max_new_tokens, tok.pad_token_id)
+    response_len = response_bucket(parallel.process_max(int(out.lengths.max())),
+                                   config.grpo.response_bucket, scfg.max_new_tokens)
+    batch = build_batch(prompt_ids, completions, train_mask, adv, prompt_len, response_len,
+                        tok.pad_token_id)
     m = parallel.process_mean(rollout_metrics(out, info, scores, G), len(completions))
     m.update(generated_tokens=parallel.process_sum(np.sum(out.lengths)),
              grader_timeouts=parallel.process_sum(info["grader_timeouts"]))
