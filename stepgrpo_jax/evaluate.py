@@ -93,6 +93,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if not config.model_dir:
         raise ValueError("config.model_dir is empty: name the model to evaluate")
     mesh, rules = experiment.build_mesh(config), experiment.mesh_rules(config)
+    experiment.check_batch_divides(config.eval.batch_size, mesh, "eval.batch_size")
     tok = experiment.load_tokenizer(config)
     model_cfg, params = experiment.load_initial_model(config, mesh, rules)
     sampler = experiment.make_sampler(config, tok, model_cfg, mesh, evaluation=True)

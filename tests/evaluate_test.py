@@ -66,3 +66,12 @@ def test_compression_and_table(tmp_path):
     results["gsm8k"]["compression"] = 0.75
     table = evaluate.format_table(results)
     assert "gsm8k" in table and "75.0%" in table and "50.0%" in table
+
+
+def test_eval_batch_that_does_not_divide_over_the_mesh():
+    from configs import default
+
+    c = default.get_config()
+    c.model_dir, c.eval.files, c.eval.batch_size = "/unused", ("unused.jsonl",), 3
+    with pytest.raises(ValueError, match="eval.batch_size: 3 rows do not divide over the 8"):
+        evaluate.run(c, "/unused")
