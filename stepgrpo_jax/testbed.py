@@ -6,17 +6,18 @@ first attempt that sometimes slips on one small addition, a "Wait" step per fix,
 redundant "Wait" re-checks of an answer already right. Step-GRPO should learn to drop the
 re-checks.
 
-Difficulty d: d + 2 single-digit terms ("What is 3+5+9?" is d = 1: 729 problems). The first
-attempt is a chain of d + 1 small steps, "3+5=8;8+9=17.", each a running sum (at most two
-digits) plus one digit: every computation is local and needs only a small addition table, so a
-tiny transformer can learn it in a few hundred SFT steps. No spaces inside the chain: with
-digits one token each, a space before a number would be a token of its own, and "copy what
-follows the last `=`" is easier to learn than "copy what follows a space".
+Difficulty d: d + 2 distinct terms from 1-9 ("What is 3+5+9?" is d = 1: 504 problems). The
+first attempt is a chain of d + 1 small steps, "3+5=8, +9=17.", each adding one term to the sum
+just before it. Everything a tiny transformer must learn is a short look-up, so one warm-starts
+in a few hundred SFT steps: every number is a single token (a sum is one prediction from two
+tokens a fixed distance back, not a digit-by-digit carry), and the terms are distinct, so the
+next term is the one that follows the previous term in the prompt (an induction-head copy by
+value, where repeated terms would need counting).
 
 Harder problems have more steps and the teacher slips more readily on each (`slip_prob`), so
 first attempts fail more often. A slip (at most one per chain) drops the carry (8+9=7) or is
 off by one; later steps go on from the wrong sum, so the chain ends wrong. A fix redoes the
-wrong step and the rest of the chain from there: "Wait, 8+9=17, not 7;17+2=19." (the redone
+wrong step and the rest of the chain from there: "Wait, 8+9=17, not 7, +2=19." (the redone
 tail may slip again: at most two fixes).
 
 The DTR probe (SPEC §3) is in-distribution by construction. Steps are lines, so a step boundary
@@ -81,7 +82,7 @@ def terms_of(problem: str) -> list[int]:
 
 
 def _problem(difficulty: int, rng: random.Random) -> dict[str, Any]:
-    terms = [rng.randint(1, 9) for _ in range(difficulty + 2)]
+    terms = rng.sample(range(1, 10), difficulty + 2)
     return {"problem": f"What is {'+'.join(map(str, terms))}?", "answer": str(sum(terms)),
             "difficulty": difficulty}
 
@@ -131,7 +132,7 @@ def _chain(x: int, terms: Sequence[int], q: float,
         z = _slip(x, y, rng) if wrong is None and rng.random() < q else x + y
         if z != x + y:
             wrong = i
-        steps.append(f"{x}+{y}={z}")
+        steps.append(f"+{y}={z}")
         x = z
     return steps, x, wrong
 
@@ -153,7 +154,7 @@ def make_trace(problem: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     steps, current, wrong = _chain(terms[0], terms[1:], q, rng)
     # Running sums before each step: prefix[i] is the right sum before terms[i + 1] is added.
     prefix = [sum(terms[:i + 1]) for i in range(len(terms) - 1)]
-    parts = ["<think>\n", ";".join(steps) + ".\n"]
+    parts = ["<think>\n", f"{terms[0]}" + ", ".join(steps) + ".\n"]
     settled, first_correct = [], current == answer
     while wrong is not None:
         if rng.random() < PREMATURE:
@@ -162,9 +163,9 @@ def make_trace(problem: dict[str, Any], rng: random.Random) -> dict[str, Any]:
         bad = steps[wrong].rpartition("=")[2]
         last_fix = len(settled) + 1 >= MAX_FIXES
         tail, current, later = _chain(x + y, terms[wrong + 2:], 0.0 if last_fix else q, rng)
-        parts.append(";".join([f"Wait, {x}+{y}={x + y}, not {bad}", *tail]) + ".\n")
+        parts.append(", ".join([f"Wait, {x}+{y}={x + y}, not {bad}", *tail]) + ".\n")
         settled.append(False)
-        steps = steps[:wrong] + [f"{x}+{y}={x + y}"] + tail
+        steps = steps[:wrong] + [f"+{y}={x + y}"] + tail
         wrong = None if later is None else wrong + 1 + later
     redundant = rng.sample(_CHECKS, rng.randint(0, MAX_REDUNDANT))
     parts += [check.format(s=answer) + "\n" for check in redundant]
@@ -228,8 +229,7 @@ def _stats(group: list[tuple[dict[str, Any], int]], with_tokens: bool) -> dict[s
 def build_tokenizer(out_dir: str, seed: int = 0) -> str:
     """Trains a byte-level BPE on generated prompts and traces; saves it in HF format.
 
-    Digits are split one per token (so sums are learnable digit by digit); words of the
-    corpus, "Wait" included, end up whole. Byte-level: any text round-trips. Deterministic in
+    Numbers of the corpus (up to 40), words and "Wait" end up one token each. Byte-level: any text round-trips. Deterministic in
     `seed`.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -246,7 +246,7 @@ def build_tokenizer(out_dir: str, seed: int = 0) -> str:
     # ids as the teacher's closing of thinking ("\n\n" as one token would differ).
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split("\n", behavior="isolated"),
-        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.Digits(individual_digits=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=MAX_VOCAB, special_tokens=list(SPECIAL_TOKENS),
@@ -273,7 +273,8 @@ def prepare(out_dir: str, seed: int = 0, n_train: int = 1500, n_eval: int = 300,
     and appear in neither train nor SFT rows."""
     held_out = make_problems(n_eval, f"{seed}/eval", difficulties)
     eval_texts = {p["problem"] for p in held_out}
-    train = make_problems(n_train, f"{seed}/train", difficulties, exclude=eval_texts)
+    train = make_problems(n_train, f"{seed}/train", difficulties, exclude=eval_texts,
+                          distinct=False)
     sft = make_sft_rows(n_sft, f"{seed}/sft", difficulties, exclude=eval_texts)
     return {
         "tokenizer": build_tokenizer(os.path.join(out_dir, "tokenizer"), seed),

@@ -63,14 +63,15 @@ def test_problems_match_their_difficulty():
         assert p["problem"] == f"What is {'+'.join(map(str, terms))}?"
         assert p["answer"] == str(sum(terms))
         assert len(terms) == p["difficulty"] + 2 and all(1 <= t <= 9 for t in terms)
+        assert len(set(terms)) == len(terms)  # Distinct: each term is found by its value.
 
 
 def test_exclude_and_exhaustion():
-    held_out = {p["problem"] for p in testbed.make_problems(300, seed=1, difficulties=(1,))}
-    train = testbed.make_problems(400, seed=2, difficulties=(1,), exclude=held_out)
+    held_out = {p["problem"] for p in testbed.make_problems(200, seed=1, difficulties=(1,))}
+    train = testbed.make_problems(250, seed=2, difficulties=(1,), exclude=held_out)
     assert not held_out & {p["problem"] for p in train}
     with pytest.raises(ValueError, match="too few difficulty-1 problems"):
-        testbed.make_problems(730, seed=0, difficulties=(1,))  # 9 ** 3 in all.
+        testbed.make_problems(505, seed=0, difficulties=(1,))  # 9 * 8 * 7 in all.
 
 
 def test_prepare_writes_disjoint_splits(testbed_dir):
@@ -96,14 +97,14 @@ def test_trace_step_counts_and_answers(rows):
             1 + r["necessary"] + r["redundant"], r["response"]
         assert rewards.extract_boxed(r["response"]) == r["answer"]
         assert r["response"].startswith("<think>\n") and r["response"].endswith("<|im_end|>")
-        # The first attempt: a chain of running sums, one step per term after the first.
+        # The first attempt: a chain of running sums, one step per term after the first,
+        # "3+5=8, +9=17, +2=19." (each step adds its term to the sum just before it).
         terms = testbed.terms_of(r["problem"])
         first = r["response"].split("\n")[1]
-        chain = re.findall(r"(\d+)\+(\d)=(\d+)", first)
-        assert ";".join(f"{x}+{y}={z}" for x, y, z in chain) + "." == first
-        assert [int(y) for _, y, _ in chain] == terms[1:] and chain[0][0] == str(terms[0])
-        assert all(z == x2 for (_, _, z), (x2, _, _) in itertools.pairwise(chain))
-        assert r["first_correct"] == (chain[-1][2] == r["answer"]) == (r["necessary"] == 0)
+        chain = re.findall(r"\+(\d)=(\d+)", first)
+        assert f"{terms[0]}" + ", ".join(f"+{y}={z}" for y, z in chain) + "." == first
+        assert [int(y) for y, _ in chain] == terms[1:]
+        assert r["first_correct"] == (chain[-1][1] == r["answer"]) == (r["necessary"] == 0)
         assert r["necessary"] <= testbed.MAX_FIXES
         assert r["settled"] == [False] * r["necessary"] + [True] * r["redundant"]
 
@@ -113,13 +114,13 @@ def test_fixes_redo_the_first_wrong_step(rows):
     but the last fix's may slip again, and the last statement of the thinking is the answer."""
     for r in rows:
         terms = testbed.terms_of(r["problem"])
-        fixes = re.findall(r"Wait, (\d+)\+(\d)=(\d+), not (\d+)[;.]", r["response"])
+        fixes = re.findall(r"Wait, (\d+)\+(\d)=(\d+), not (\d+)[,.]", r["response"])
         assert len(fixes) == r["necessary"]
         for x, y, z, bad in fixes:
             assert int(x) + int(y) == int(z) != int(bad)
             assert int(x) in [sum(terms[:i]) for i in range(1, len(terms))]
         chains = [line for line in _thinking(r["response"]).split("\n")
-                  if re.match(r"(Wait, )?\d+\+\d=", line)]
+                  if re.match(r"(Wait, )?\d+[+,]", line)]
         assert len(chains) == 1 + r["necessary"]
         assert re.findall(r"=(\d+)", chains[-1])[-1] == r["answer"], r["response"]
 
@@ -171,8 +172,9 @@ def test_tokenizer_round_trips(tok, rows):
 
 def test_tokenizer_units(tok):
     assert tok.convert_ids_to_tokens(tok.encode("Wait", add_special_tokens=False)) == ["Wait"]
-    digits = tok.encode("0123456789", add_special_tokens=False)
-    assert [tok.decode([i]) for i in digits] == list("0123456789")
+    # Every number a running sum can reach is one token: a sum is one prediction.
+    for n in range(41):  # 9+8+7+6+5+4 = 39 is the largest, 40 the largest slip.
+        assert len(tok.encode(f"={n},", add_special_tokens=False)) == 3, n
     for special in testbed.SPECIAL_TOKENS:
         assert len(tok.encode(special, add_special_tokens=False)) == 1
     assert tok.convert_ids_to_tokens(tok.encode("x<|im_end|></think>", add_special_tokens=False)
