@@ -1,0 +1,43 @@
+"""The embedded default (`python main.py --config configs/demo.py`) end to end, shrunk."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHRINK = {
+    "demo.n_train": 16, "demo.n_eval": 12, "demo.n_sft": 48, "demo.sft_steps": 6,
+    "demo.sft_warmup_steps": 2, "total_steps": 2,
+    "model.overrides.embed_dim": 32, "model.overrides.mlp_dim": 64,
+    "model.overrides.num_layers": 2, "model.overrides.num_heads": 2,
+    "model.overrides.num_kv_heads": 1, "model.overrides.head_dim": 16,
+    "sampling.max_new_tokens": 32, "sampling.batch_size": 16, "grpo.prompts_per_step": 8,
+    "grpo.group_size": 2, "grpo.num_minibatches": 2, "dtr.probe_budget": 6,
+    "dtr.forced_exit_margin": 2, "eval.max_new_tokens": 32, "eval.batch_size": 8,
+    "ckpt.async_save": False, "reward.grader_workers": 1,
+}
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path):
+    workdir = tmp_path / "demo"
+    out = subprocess.run(
+        [sys.executable, "main.py", "--config=configs/demo.py", f"--workdir={workdir}",
+         *[f"--config.{k}={v}" for k, v in SHRINK.items()]],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    with open(workdir / "summary.json") as f:
+        summary = json.load(f)
+    for when in ("before", "after"):
+        assert set(summary[when]) == {"accuracy", "response_tokens_mean", "steps_mean"}
+        assert 0 <= summary[when]["accuracy"] <= 1
+        assert summary[when]["response_tokens_mean"] > 0 and summary[when]["steps_mean"] >= 1
+        assert set(summary["by_difficulty"][when]) == {"1", "2", "3"}
+    assert "warm start" in out.stdout and "Step-GRPO" in out.stdout
+    # Both stages left their checkpoints and metrics.
+    for stage in ("sft", "grpo"):
+        assert (workdir / stage / "metrics.jsonl").exists()
+        assert os.listdir(workdir / stage / "checkpoints")
