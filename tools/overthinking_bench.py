@@ -24,7 +24,8 @@ CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Testbed c
 OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
 SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds per method.")
 METHODS = flags.DEFINE_list("methods", ["step_grpo", "grpo", "grpo_lp"], "Methods to compare.")
-DOC = flags.DEFINE_string("doc", None, "Also write the markdown report here.")
+DOC = flags.DEFINE_string("doc", None, "Also put the markdown report into this page, between "
+                          "its `<!-- bench:start -->` and `<!-- bench:end -->` lines.")
 
 # Method -> (reward kind, DTR on): the paper's three arms, same trainer and budget.
 ARMS = {"step_grpo": ("step_grpo", True), "grpo": ("grpo", False), "grpo_lp": ("grpo_lp", False)}
@@ -135,8 +136,20 @@ def run(config, out: str) -> None:
     report = markdown(results, "python " + " ".join(sys.argv))
     print(report)
     if DOC.value:
-        with open(DOC.value, "w") as f:
-            f.write(report)
+        write_into(DOC.value, report)
+
+
+def write_into(path: str, report: str, start: str = "<!-- bench:start -->",
+               end: str = "<!-- bench:end -->") -> None:
+    """Replaces what lies between the `start` and `end` lines of the page with `report`."""
+    with open(path, encoding="utf-8") as f:
+        page = f.read()
+    if start not in page or end not in page:
+        raise ValueError(f"{path}: needs a '{start}' line and an '{end}' line after it")
+    head, rest = page.split(start, 1)
+    _, tail = rest.split(end, 1)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"{head}{start}\n{report}{end}{tail}")
 
 
 if __name__ == "__main__":
