@@ -19,7 +19,8 @@ def bench():
 
 def _run(acc, tokens, steps):
     return {"accuracy": acc, "response_tokens_mean": tokens, "steps_mean": steps,
-            "by_difficulty": {"1": {"steps_mean": steps - 0.5}, "2": {"steps_mean": steps + 0.5}}}
+            "by_difficulty": {"1": {"steps_mean": steps - 0.5, "accuracy": acc + 0.1},
+                              "2": {"steps_mean": steps + 0.5, "accuracy": acc - 0.1}}}
 
 
 def test_summary_and_markdown(bench):
@@ -34,6 +35,7 @@ def test_summary_and_markdown(bench):
     report = bench.markdown({"sft": base, "runs": runs, "summary": summary}, "python x")
     assert "| step_grpo | 60.0% | +0.0 pt | 62.0 | 77.5% | 2.20 |" in report
     assert "| step_grpo | 1.70 | 2.70 |" in report  # Steps by difficulty, mean over seeds.
+    assert "| step_grpo | 1 | 62.0% | 64.0 | 2.40 | 72% | 52% |" in report  # Per seed.
 
 
 def test_report_goes_between_the_markers(bench, tmp_path):

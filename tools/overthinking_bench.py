@@ -106,6 +106,16 @@ def markdown(results: dict, command: str) -> str:
         cells = [f"{_mean([r['by_difficulty'][d]['steps_mean'] for r in runs]):.2f}"
                  for d in diffs]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Per seed (accuracy by difficulty last):", "",
+              "| method | seed | accuracy | tokens | steps | "
+              + " | ".join(f"d={d}" for d in diffs) + " |", "|" + "---|" * (5 + len(diffs))]
+    seeds = {"warm start (SFT)": {"": results["sft"]}} | results["runs"]
+    for name, by_seed in seeds.items():
+        for seed, r in by_seed.items():
+            cells = [f"{r['by_difficulty'][d]['accuracy']:.0%}" for d in diffs]
+            lines.append(f"| {name} | {seed} | {r['accuracy']:.1%} | "
+                         f"{r['response_tokens_mean']:.1f} | {r['steps_mean']:.2f} | "
+                         + " | ".join(cells) + " |")
     return f"Command: `{command}`\n\n" + "\n".join(lines) + "\n"
 
 
