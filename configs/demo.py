@@ -1,4 +1,4 @@
-"""The embedded default: the overthinking testbed on a laptop CPU (about 12 minutes on 2 cores).
+"""The embedded default: the overthinking testbed on a laptop CPU (under 10 minutes on 2 cores).
 
   python main.py --config configs/demo.py --workdir /tmp/demo
 

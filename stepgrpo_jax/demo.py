@@ -109,7 +109,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     for key, label, fmt in (("accuracy", "accuracy", "{:.1%}"),
                             ("response_tokens_mean", "response tokens", "{:.1f}"),
                             ("steps_mean", "reasoning steps", "{:.2f}")):
-        change = a[key] / b[key] - 1 if b[key] else float("nan")
-        rows.append(f"{label:<22}{fmt.format(b[key]):>12}{fmt.format(a[key]):>12}"
-                    f"{change:>+10.1%}")
+        if key == "accuracy":  # In points: a relative change of a rate reads wrongly.
+            change = f"{100 * (a[key] - b[key]):+.1f} pt"
+        else:
+            change = f"{a[key] / b[key] - 1:+.1%}" if b[key] else "-"
+        rows.append(f"{label:<22}{fmt.format(b[key]):>12}{fmt.format(a[key]):>12}{change:>10}")
     return "\n".join(rows)

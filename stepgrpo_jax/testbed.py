@@ -229,8 +229,8 @@ def _stats(group: list[tuple[dict[str, Any], int]], with_tokens: bool) -> dict[s
 def build_tokenizer(out_dir: str, seed: int = 0) -> str:
     """Trains a byte-level BPE on generated prompts and traces; saves it in HF format.
 
-    Numbers of the corpus (up to 40), words and "Wait" end up one token each. Byte-level: any text round-trips. Deterministic in
-    `seed`.
+    Numbers of the corpus (up to 40), words and "Wait" end up one token each. Byte-level: any
+    text round-trips. Deterministic in `seed`.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
