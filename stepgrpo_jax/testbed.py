@@ -98,7 +98,7 @@ def make_problems(n: int, seed: int | str, difficulties: Sequence[int] = (1, 2, 
     rows = []
     for i in range(n):
         d = difficulties[i % len(difficulties)]
-        for _ in range(1000):  # Rejection sampling; d = 1 has 729 problems in all.
+        for _ in range(1000):  # Rejection sampling; d = 1 has 504 problems in all.
             row = _problem(d, rng)
             if row["problem"] not in seen:
                 break

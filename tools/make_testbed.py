@@ -15,7 +15,8 @@ SEED = flags.DEFINE_integer("seed", 0, "Seed of problems, traces and tokenizer."
 TRAIN = flags.DEFINE_integer("train", 1500, "GRPO training problems.")
 EVAL = flags.DEFINE_integer("eval", 300, "Held-out evaluation problems (distinct).")
 SFT = flags.DEFINE_integer("sft", 6000, "Warm-start rows (problem + teacher response).")
-DIFFICULTIES = flags.DEFINE_list("difficulties", ["1", "2", "3"], "Digit counts to mix.")
+DIFFICULTIES = flags.DEFINE_list("difficulties", ["1", "2", "3"],
+                                  "Difficulties to mix (d + 2 terms).")
 
 
 def main(argv):
