@@ -102,6 +102,14 @@ def per_host(total: int, what: str) -> int:
     return total // n
 
 
+def padded_length(longest: int, bucket: int, limit: int) -> int:
+    """Columns of a batch whose longest row has `longest` tokens: rounded up to a multiple of
+    `bucket` (few shapes to compile), at most `limit`; `bucket` 0 always gives `limit`."""
+    if bucket <= 0:
+        return limit
+    return min(max(-(-longest // bucket), 1) * bucket, limit)
+
+
 def check_batch_divides(rows: int, mesh, what: str) -> None:
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if rows % shards:

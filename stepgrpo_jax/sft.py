@@ -51,8 +51,8 @@ def encode_rows(tok, problems: list[data.Problem], max_len: int, bucket: int = 6
             raise ValueError(f"{p.source}: {len(prompt) + len(response)} tokens exceed "
                              f"sft.max_seq_len={max_len}")
         rows.append((prompt, response))
-    longest = parallel.process_max(max(len(p) + len(r) for p, r in rows))
-    T = min(-(-longest // bucket) * bucket, max_len)
+    T = experiment.padded_length(parallel.process_max(max(len(p) + len(r) for p, r in rows)),
+                                 bucket, max_len)
     ids = np.full((len(rows), T), tok.pad_token_id, np.int32)
     attention = np.zeros((len(rows), T), bool)
     loss_mask = np.zeros((len(rows), T), np.float32)

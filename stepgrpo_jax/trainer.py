@@ -49,15 +49,6 @@ def build_batch(prompts: list[list[int]], completions: list[np.ndarray],
             "advantages": np.asarray(advantages, np.float32)}
 
 
-def response_bucket(longest: int, bucket: int, max_new_tokens: int) -> int:
-    """Response columns of an update batch: the longest completion of the step rounded up to
-    `bucket` (one compile per size, no columns that are all padding), at most max_new_tokens;
-    `bucket` 0 always gives max_new_tokens."""
-    if bucket <= 0:
-        return max_new_tokens
-    return min(max(-(-longest // bucket), 1) * bucket, max_new_tokens)
-
-
 # ----------------------------------------------------------------------------------- rollout
 
 
@@ -225,8 +216,9 @@ def rollout(config: ml_collections.ConfigDict, sampler: sampling.Sampler, tok, p
     train_mask = [1.0 - out.forced[i, :n] if config.dtr.mask_forced else np.ones(n)
                   for i, n in enumerate(out.lengths)]
     prompt_len = scfg.bucket(parallel.process_max(max(map(len, prompt_ids))))
-    response_len = response_bucket(parallel.process_max(int(out.lengths.max())),
-                                   config.grpo.response_bucket, scfg.max_new_tokens)
+    # Responses pad to the step's longest, bucketed: no columns that are all padding.
+    response_len = experiment.padded_length(parallel.process_max(int(out.lengths.max())),
+                                            config.grpo.response_bucket, scfg.max_new_tokens)
     batch = build_batch(prompt_ids, completions, train_mask, adv, prompt_len, response_len,
                         tok.pad_token_id)
     m = parallel.process_mean(rollout_metrics(out, info, scores, G), len(completions))

@@ -10,6 +10,7 @@ and the markdown table for docs/overthinking.md.
 import json
 import os
 import sys
+from statistics import fmean
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -32,15 +33,11 @@ ARMS = {"step_grpo": ("step_grpo", True), "grpo": ("grpo", False), "grpo_lp": ("
 KEYS = ("accuracy", "response_tokens_mean", "steps_mean")
 
 
-def _mean(values):
-    return sum(values) / len(values)
-
-
 def summarize(runs: dict, base: dict) -> dict:
     """Per method: means over seeds, and ratios to the warm start."""
     out = {"sft": {k: base[k] for k in KEYS}}
     for method, by_seed in runs.items():
-        m = {k: _mean([r[k] for r in by_seed.values()]) for k in KEYS}
+        m = {k: fmean([r[k] for r in by_seed.values()]) for k in KEYS}
         m["tokens_vs_sft"] = m["response_tokens_mean"] / base["response_tokens_mean"]
         m["accuracy_change"] = m["accuracy"] - base["accuracy"]
         out[method] = m
@@ -62,7 +59,7 @@ def plot(results: dict, path: str) -> None:
         xs = [r["response_tokens_mean"] for r in by_seed.values()]
         ys = [100 * r["accuracy"] for r in by_seed.values()]
         ax1.scatter(xs, ys, c=color, alpha=0.4)
-        ax1.scatter(_mean(xs), _mean(ys), c=color, s=120, label=method, edgecolors="k")
+        ax1.scatter(fmean(xs), fmean(ys), c=color, s=120, label=method, edgecolors="k")
     ax1.set_xlabel("mean response tokens (held-out)")
     ax1.set_ylabel("accuracy %")
     ax1.legend()
@@ -72,7 +69,7 @@ def plot(results: dict, path: str) -> None:
     arms = {"sft": [base]} | {m: list(s.values()) for m, s in results["runs"].items()}
     width = 0.8 / len(arms)
     for i, (name, runs) in enumerate(arms.items()):
-        steps = [_mean([r["by_difficulty"][d]["steps_mean"] for r in runs])
+        steps = [fmean([r["by_difficulty"][d]["steps_mean"] for r in runs])
                  for d in difficulties]
         ax2.bar([j + i * width for j in range(len(difficulties))], steps, width, label=name,
                 color="k" if name == "sft" else f"C{i - 1}")
@@ -103,7 +100,7 @@ def markdown(results: dict, command: str) -> str:
     arms = {"warm start (SFT)": [results["sft"]]} | {
         m: list(r.values()) for m, r in results["runs"].items()}
     for name, runs in arms.items():
-        cells = [f"{_mean([r['by_difficulty'][d]['steps_mean'] for r in runs]):.2f}"
+        cells = [f"{fmean([r['by_difficulty'][d]['steps_mean'] for r in runs]):.2f}"
                  for d in diffs]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Per seed (accuracy by difficulty last):", "",
