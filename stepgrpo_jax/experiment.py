@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from stepgrpo_jax import checkpoint, data, grpo, model, parallel, sampling, tokenizer
+from stepgrpo_jax import checkpoint, data, grpo, model, parallel, sampling, tokenizer, train_state
 from stepgrpo_jax.metrics import MetricsWriter
 
 
@@ -91,7 +91,7 @@ def loss_config(config: ml_collections.ConfigDict) -> grpo.LossConfig:
 
 def make_optimizer(config: ml_collections.ConfigDict):
     o = config.optim
-    return grpo.make_optimizer(o.learning_rate, o.weight_decay, o.grad_clip, o.schedule,
+    return train_state.make_optimizer(o.learning_rate, o.weight_decay, o.grad_clip, o.schedule,
                                o.warmup_steps, config.total_steps * config.grpo.num_minibatches)
 
 
@@ -141,13 +141,13 @@ class Resumed(NamedTuple):
     """What a training loop starts from: its checkpoints, state, first step, data, metrics."""
 
     ckpt: checkpoint.Checkpoints
-    state: grpo.TrainState
+    state: train_state.TrainState
     start: int
     stream: data.PromptStream
     writer: MetricsWriter
 
 
-def resume(config: ml_collections.ConfigDict, workdir: str, state: grpo.TrainState, mesh,
+def resume(config: ml_collections.ConfigDict, workdir: str, state: train_state.TrainState, mesh,
            optimizer, model_cfg: model.ModelConfig, source) -> Resumed:
     """Opens the run's checkpoints and restores the latest (else keeps the fresh `state`),
     the data stream at its saved position, and the metrics file cut back to that step."""
@@ -160,23 +160,23 @@ def resume(config: ml_collections.ConfigDict, workdir: str, state: grpo.TrainSta
     return Resumed(ckpt, state, start, stream, writer)
 
 
-def restore_train_state(ckpt: checkpoint.Checkpoints, state: grpo.TrainState, mesh,
+def restore_train_state(ckpt: checkpoint.Checkpoints, state: train_state.TrainState, mesh,
                         optimizer, model_cfg: model.ModelConfig
-                        ) -> tuple[grpo.TrainState, int, int]:
+                        ) -> tuple[train_state.TrainState, int, int]:
     """(state, first step, this host's data position) from the latest checkpoint of the run;
     without one, the given fresh state at step 0."""
     if ckpt.latest_step() is None:
         return state, 0, 0
-    shardings = grpo.state_shardings(model_cfg, optimizer, mesh)
+    shardings = train_state.state_shardings(model_cfg, optimizer, mesh)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             state, shardings)
     params, opt_state, meta = ckpt.restore(None, abstract.params, abstract.opt_state)
     logging.info("resumed from %s at step %d", ckpt.directory, meta["step"])
-    state = grpo.TrainState(params, opt_state, jnp.asarray(meta["updates"], jnp.int32))
+    state = train_state.TrainState(params, opt_state, jnp.asarray(meta["updates"], jnp.int32))
     return state, meta["step"], meta["data_position"][jax.process_index()]
 
 
-def save_train_state(ckpt: checkpoint.Checkpoints, step: int, state: grpo.TrainState,
+def save_train_state(ckpt: checkpoint.Checkpoints, step: int, state: train_state.TrainState,
                      model_cfg: model.ModelConfig, data_position: int, seed: int) -> None:
     """Params, optimizer state and what resuming needs: step, every host's data position."""
     positions = [data_position]

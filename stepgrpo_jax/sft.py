@@ -14,26 +14,26 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from stepgrpo_jax import data, experiment, grpo, parallel, tokenizer
-from stepgrpo_jax.model import ModelConfig
+from stepgrpo_jax import data, experiment, model, parallel, tokenizer, train_state
+from stepgrpo_jax.model import ModelConfig, Params
 
 
-def sft_loss(model_cfg: ModelConfig, params, batch, chunk_size: int):
+def sft_loss(model_cfg: ModelConfig, params: Params, batch: train_state.Batch,
+             chunk_size: int) -> jax.Array:
     """Mean negative log-likelihood of the loss-masked tokens."""
-    logp, _ = grpo.token_logprobs(model_cfg, params, batch["input_ids"], batch["attention_mask"],
-                                  chunk_size)
+    logp, _ = model.token_logprobs(model_cfg, params, batch["input_ids"],
+                                   batch["attention_mask"], chunk_size)
     mask = batch["loss_mask"]
     return -jnp.sum(logp * mask) / jnp.maximum(mask.sum(), 1.0)
 
 
-def sft_step(state: grpo.TrainState, batch, *, model_cfg: ModelConfig, optimizer,
-             chunk_size: int):
-    loss, grads = jax.value_and_grad(functools.partial(sft_loss, model_cfg, chunk_size=chunk_size)
-                                     )(state.params, batch)
-    return grpo.apply_update(state, grads, loss, optimizer)
+def sft_grads(model_cfg: ModelConfig, params: Params, batch: train_state.Batch,
+              chunk_size: int) -> tuple[Params, train_state.Metrics]:
+    """The gradient of `sft_loss`, and the loss (the gradient function of a train step)."""
+    loss, grads = jax.value_and_grad(sft_loss, argnums=1)(model_cfg, params, batch, chunk_size)
+    return grads, {"loss": loss}
 
 
 def encode_rows(tok, problems: list[data.Problem], max_len: int, bucket: int = 64
@@ -77,18 +77,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     source, skipped = experiment.load_problem_files(config, config.data.train_files)
 
     # ---- state, step function
-    optimizer = grpo.make_optimizer(config.optim.learning_rate, config.optim.weight_decay,
-                                    config.optim.grad_clip, config.optim.schedule,
-                                    config.optim.warmup_steps, config.total_steps)
+    optimizer = train_state.make_optimizer(config.optim.learning_rate, config.optim.weight_decay,
+                                           config.optim.grad_clip, config.optim.schedule,
+                                           config.optim.warmup_steps, config.total_steps)
     rng = jax.random.key(config.seed)
-    state = grpo.init_train_state(model_cfg, optimizer, mesh, rng=jax.random.fold_in(rng, 0),
-                                  params=init_params)
-    shardings = grpo.state_shardings(model_cfg, optimizer, mesh)
-    step_fn = jax.jit(functools.partial(sft_step, model_cfg=model_cfg, optimizer=optimizer,
-                                        chunk_size=config.grpo.logprob_chunk),
-                      in_shardings=(shardings, grpo.batch_sharding(mesh)),
-                      out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())),
-                      donate_argnums=0)
+    state = train_state.init_train_state(model_cfg, optimizer, mesh,
+                                         rng=jax.random.fold_in(rng, 0), params=init_params)
+    step_fn = train_state.make_train_step(
+        functools.partial(sft_grads, model_cfg, chunk_size=config.grpo.logprob_chunk),
+        model_cfg, optimizer, mesh)
 
     # ---- restore
     ckpt, state, start, stream, writer = experiment.resume(config, workdir, state, mesh,

@@ -27,6 +27,7 @@ from stepgrpo_jax import (
     rewards,
     sampling,
     tokenizer,
+    train_state,
 )
 
 # ----------------------------------------------------------------------------------- batches
@@ -126,8 +127,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # ---- state (born sharded), step functions
     optimizer = experiment.make_optimizer(config)
     rng = jax.random.key(config.seed)
-    state = grpo.init_train_state(model_cfg, optimizer, mesh, rng=jax.random.fold_in(rng, 0),
-                                  params=init_params)
+    state = train_state.init_train_state(model_cfg, optimizer, mesh,
+                                         rng=jax.random.fold_in(rng, 0), params=init_params)
     loss_cfg = experiment.loss_config(config)
     ref_params = None
     if loss_cfg.kl_coef > 0:  # The frozen initial model; a copy, since the state is donated.
@@ -136,7 +137,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                    num_microbatches=config.grpo.num_microbatches,
                                    chunk_size=config.grpo.logprob_chunk)
     # Old and reference log-probs of a whole rollout, in pieces the size of one update's.
-    logprobs = grpo.make_compute_logprobs(
+    logprobs = train_state.make_compute_logprobs(
         model_cfg, mesh, chunk_size=config.grpo.logprob_chunk,
         num_microbatches=config.grpo.num_minibatches * config.grpo.num_microbatches)
     sampler = experiment.make_sampler(config, tok, model_cfg, mesh)
