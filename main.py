@@ -64,9 +64,7 @@ def main(argv):
     parallel.init_distributed(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
     config = CONFIG.value
     logging.info("config:\n%s", config)
-    from stepgrpo_jax import experiment  # After jax.distributed: see run().
-
-    with parallel.logical_rules(experiment.mesh_rules(config)):
+    with parallel.logical_rules(config.mesh.rules):
         run(config, WORKDIR.value)
 
 

@@ -30,10 +30,10 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.train_files = ()  # JSONL / Parquet files of problems with reference answers.
-    c.data.problem_field = "problem"  # Dotted path: DAPO-Math-17k uses "prompt.0.content".
-    c.data.answer_field = "answer"  # DAPO-Math-17k: "reward_model.ground_truth".
+    c.data.problem = "problem"  # Dotted path: DAPO-Math-17k uses "prompt.0.content".
+    c.data.answer = "answer"  # DAPO-Math-17k: "reward_model.ground_truth".
     c.data.answer_format = "plain"  # plain | gsm8k (the reference answer follows "####").
-    c.data.response_field = ""  # Reference responses, for mode=sft (e.g. "response").
+    c.data.response = ""  # Reference responses, for mode=sft (e.g. "response").
     c.data.skip_malformed = False  # False: a malformed row is an error naming file and line.
     c.data.shuffle = True
     c.data.cache_dir = ""  # Where the ArrayRecord files go (default ~/.cache/stepgrpo_jax/tfds).
@@ -57,7 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.dtr.probe_budget = 20  # Greedy probe tokens before the probe counts as unsure.
     c.dtr.max_probes = 10  # Probes per completion; after that it runs free.
     c.dtr.think_budget_frac = 0.9  # Thinking budget = this x max_new_tokens.
-    c.dtr.forced_exit_margin = 50  # Within this many tokens of the budget, any probe exits.
+    c.dtr.exit_margin = 50  # Within this many tokens of the budget, any probe exits.
     c.dtr.exit_suffix = "\n</think>\n\n"
     c.dtr.mask_forced = False  # True: appended (forced) tokens get no loss.
 
@@ -84,7 +84,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.grpo.kl_coef = 0.01  # 0 skips the reference model entirely.
     c.grpo.kl_estimator = "k3"  # k1 | k2 | k3 (low_var_kl).
     c.grpo.loss_agg = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm.
-    c.grpo.logprob_chunk = 1024  # Sequence chunk of the log-prob computation.
+    c.grpo.chunk_size = 1024  # Sequence chunk of the log-prob computation.
     # Update batches pad responses to the step's longest, rounded up to this many tokens (one
     # compile per size); 0 pads to sampling.max_new_tokens always.
     c.grpo.response_bucket = 1024

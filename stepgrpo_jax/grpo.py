@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -86,6 +87,14 @@ class LossConfig:
         if self.loss_agg == "seq-mean-token-sum-norm" and not (self.max_response_len or 0) > 0:
             raise ValueError("loss_agg='seq-mean-token-sum-norm' needs max_response_len > 0, "
                              f"got {self.max_response_len}")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> LossConfig:
+        """The fields of `config.grpo` named like this class's; Dr.GRPO's constant is the
+        response budget `config.sampling.max_new_tokens`."""
+        grpo = config["grpo"]
+        return cls(**{f.name: grpo[f.name] for f in dataclasses.fields(cls) if f.name in grpo},
+                   max_response_len=config["sampling"]["max_new_tokens"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -60,6 +61,13 @@ def make_optimizer(learning_rate: float = 1e-6, weight_decay: float = 0.01,
     # inject_hyperparams records the learning rate of each update in the state (`current_lr`).
     adamw = optax.inject_hyperparams(optax.adamw)(learning_rate=lr, weight_decay=weight_decay)
     return optax.chain(optax.clip_by_global_norm(grad_clip), adamw)
+
+
+def optimizer_from_config(optim: Mapping[str, Any], total_steps: int
+                          ) -> optax.GradientTransformation:
+    """`make_optimizer` from a `config.optim` section; `total_steps` counts optimiser updates."""
+    return make_optimizer(optim["learning_rate"], optim["weight_decay"], optim["grad_clip"],
+                          optim["schedule"], optim["warmup_steps"], total_steps)
 
 
 def current_lr(opt_state: optax.OptState) -> jax.Array:

@@ -244,16 +244,16 @@ def test_periodic_evaluation_is_logged(testbed_dir, tmp_path):
 
 
 def test_update_batches_pad_responses_to_a_bucket():
-    from stepgrpo_jax import experiment, trainer
+    from stepgrpo_jax import trainer
 
-    assert experiment.padded_length(70, 64, 256) == 128
-    assert experiment.padded_length(64, 64, 256) == 64
-    assert experiment.padded_length(250, 64, 256) == 256  # Never past the sampling budget.
-    assert experiment.padded_length(0, 64, 256) == 64
-    assert experiment.padded_length(70, 0, 256) == 256  # 0: always the budget.
+    assert trainer.padded_length(70, 64, 256) == 128
+    assert trainer.padded_length(64, 64, 256) == 64
+    assert trainer.padded_length(250, 64, 256) == 256  # Never past the sampling budget.
+    assert trainer.padded_length(0, 64, 256) == 64
+    assert trainer.padded_length(70, 0, 256) == 256  # 0: always the budget.
     batch = trainer.build_batch(
         [[5, 6], [7]], [np.array([1, 2, 3]), np.array([4])], [np.ones(3), np.array([0.0])],
-        np.array([0.5, -0.5]), prompt_len=3, response_len=experiment.padded_length(3, 4, 16),
+        np.array([0.5, -0.5]), prompt_len=3, response_len=trainer.padded_length(3, 4, 16),
         pad_id=0)
     np.testing.assert_array_equal(batch["input_ids"],
                                   [[0, 5, 6, 1, 2, 3, 0], [0, 0, 7, 4, 0, 0, 0]])
