@@ -218,8 +218,7 @@ def test_failed_save_leaves_no_partial_latest_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     reopened = checkpoint.Checkpoints(str(tmp_path / "c"), async_save=False)
     assert reopened.latest_step() == 1
-    _, _, meta = reopened.restore(None, jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), params))
+    _, _, meta = reopened.restore(None, checkpoint.abstract(params))
     assert meta["step"] == 1
 
 
