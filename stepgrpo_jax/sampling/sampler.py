@@ -90,9 +90,9 @@ class Sampler:
     def _to_host(self, x: jax.Array) -> np.ndarray:
         """This process's rows (or the value, if replicated)."""
         if x.is_fully_addressable or x.is_fully_replicated:
-            return np.asarray(x)
+            return jax.device_get(x)
         spec = parallel.logical_to_spec(("act_batch",), mesh=self.mesh)
-        return np.asarray(multihost_utils.global_array_to_host_local_array(x, self.mesh, spec))
+        return jax.device_get(multihost_utils.global_array_to_host_local_array(x, self.mesh, spec))
 
 
 def _constrain_rows(tree):
