@@ -115,13 +115,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                              data_skipped_rows=len(skipped))
                     last = writer.write(done, m)
                     bar.set_postfix(loss=f"{m['loss']:.4f}")
-                preempted = preemption.reached(done)
-                if preempted or done % config.ckpt.every_steps == 0 or \
-                        done == config.total_steps:
-                    checkpoint.save_train_state(ckpt, done, state, model_cfg, stream.position,
-                                                config.seed)
-                if preempted:
-                    break
+                if checkpoint.save_if_due(ckpt, preemption, done, config, state, model_cfg,
+                                          stream.position):
+                    break  # Preempted: saved, and every process stops here.
     finally:
         preemption.close()
         ckpt.wait()

@@ -187,13 +187,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 if skipped_in_row >= config.optim.max_skipped:
                     raise FloatingPointError(f"{skipped_in_row} non-finite updates in a row at "
                                              f"step {done}; last metrics: {m}")
-                preempted = preemption.reached(done)
-                if preempted or done % config.ckpt.every_steps == 0 or \
-                        done == config.total_steps:
-                    checkpoint.save_train_state(ckpt, done, state, model_cfg, stream.position,
-                                                config.seed)
-                if preempted:
-                    break
+                if checkpoint.save_if_due(ckpt, preemption, done, config, state, model_cfg,
+                                          stream.position):
+                    break  # Preempted: saved, and every process stops here.
     finally:
         preemption.close()
         grader.close()
