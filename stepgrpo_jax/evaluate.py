@@ -33,7 +33,7 @@ def evaluate_problems(sampler: sampling.Sampler, params: Params, tok,
         chunk = rows[start:start + batch_size]
         chunk += [chunk[-1]] * (batch_size - len(chunk))  # One compiled batch shape.
         prompts = [tokenizer.encode_problem(tok, p.problem) for _, p in chunk]
-        out = sampler(params, prompts, jax.random.fold_in(rng, start))
+        out = sampler(params, prompts, jax.random.fold_in(rng, jax.device_put(start)))
         n = min(batch_size, len(rows) - start)
         texts = tok.batch_decode([out.completion(i) for i in range(n)],
                                  skip_special_tokens=False)

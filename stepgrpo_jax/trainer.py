@@ -154,17 +154,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     bar = tqdm(range(start, config.total_steps), initial=start, total=config.total_steps,
                disable=jax.process_index() != 0, desc=f"{config.reward.kind}")
     skipped_in_row, last = 0, {}
-    # In the loop, every device -> host copy is explicit (device_get): an implicit one (np.asarray,
-    # float() of a device value) would stall the step unseen, so it is an error instead. Host ->
-    # device stays allowed for the small Python values of RNG folding.
+    rollout_rng, eval_rng = jax.random.fold_in(rng, 1), jax.random.fold_in(rng, 2)
+    # In the loop every host <-> device copy is explicit (device_put, device_get, global arrays
+    # built from host rows): an implicit one, such as np.asarray or float() of a device value,
+    # would stall the step unseen, so it is an error instead.
     try:
-        with jax.transfer_guard_device_to_host("disallow"):
+        with jax.transfer_guard_host_to_device("disallow"), \
+                jax.transfer_guard_device_to_host("disallow"):
             for step in bar:
                 done = step + 1
                 t0 = time.perf_counter()
                 problems = stream.take(prompts_per_host)
                 batch, m = rollout(config, sampler, tok, state.params, problems, grader,
-                                   jax.random.fold_in(jax.random.fold_in(rng, 1), step))
+                                   jax.random.fold_in(rollout_rng, jax.device_put(step)))
                 t1 = time.perf_counter()
                 state, per_minibatch = grpo.train_on_rollout(
                     update, logprobs, state, parallel.host_to_global(batch, mesh),
@@ -177,7 +179,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 if eval_sampler and ((every and done % every == 0) or done == config.total_steps):
                     result = evaluate.evaluate_problems(
                         eval_sampler, state.params, tok, eval_problems, config.eval.num_samples,
-                        config.eval.batch_size, grader, jax.random.fold_in(rng, 2), triggers)
+                        config.eval.batch_size, grader, eval_rng, triggers)
                     m.update({f"eval_{k}": v for k, v in result.items() if k != "records"})
                 if step % config.log.every_steps == 0 or done == config.total_steps:
                     last = writer.write(done, m)
@@ -208,16 +210,19 @@ def rollout(config: ml_collections.ConfigDict, sampler: sampling.Sampler, tok, p
     G, scfg = config.grpo.group_size, sampler.scfg
     prompt_ids = [ids for p in problems for ids in [tokenizer.encode_problem(tok, p.problem)] * G]
     chunk = config.sampling.batch_size
-    out = sampling.concat([sampler(params, prompt_ids[i:i + chunk], jax.random.fold_in(rng, i))
-                           for i in range(0, len(prompt_ids), chunk)])
+    out = sampling.concat([
+        sampler(params, prompt_ids[i:i + chunk], jax.random.fold_in(rng, jax.device_put(i)))
+        for i in range(0, len(prompt_ids), chunk)])
     completions = [out.tokens[i, :n] for i, n in enumerate(out.lengths)]
     texts = tok.batch_decode(completions, skip_special_tokens=False)
     reward_cfg = dict(config.reward, overlong_max_len=scfg.max_new_tokens)
     scores, info = rewards.score_completions(
         texts, [p.answer for p in problems], out.lengths, G, config.reward.kind, reward_cfg,
         grader, tuple(config.dtr.triggers))
-    # Scores are host values: the advantages go to the device and back explicitly.
-    adv = jax.device_get(grpo.group_advantages(jax.device_put(scores), G, config.grpo.adv_scale))
+    # Scores are host values: they go to the device and the advantages come back explicitly
+    # (jitted, so the formula's Python constants are no transfers either).
+    advantages = jax.jit(grpo.group_advantages, static_argnums=(1, 2))
+    adv = jax.device_get(advantages(jax.device_put(scores), G, config.grpo.adv_scale))
     train_mask = [1.0 - out.forced[i, :n] if config.dtr.mask_forced else np.ones(n)
                   for i, n in enumerate(out.lengths)]
     prompt_len = scfg.bucket(parallel.process_max(max(map(len, prompt_ids))))
