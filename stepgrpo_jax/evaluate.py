@@ -15,13 +15,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from stepgrpo_jax import data, experiment, parallel, rewards, sampling, tokenizer
+from stepgrpo_jax import data, experiment, grading, parallel, rewards, sampling, tokenizer
 from stepgrpo_jax.model import Params
 
 
 def evaluate_problems(sampler: sampling.Sampler, params: Params, tok,
                       problems: Sequence[data.Problem], num_samples: int, batch_size: int,
-                      grader: rewards.Grader, rng: jax.Array,
+                      grader: grading.Grader, rng: jax.Array,
                       triggers: Sequence[str] = ("Wait",)) -> dict[str, Any]:
     """Samples k completions per problem (this host's share) and grades them.
 
@@ -37,12 +37,12 @@ def evaluate_problems(sampler: sampling.Sampler, params: Params, tok,
         n = min(batch_size, len(rows) - start)
         texts = tok.batch_decode([out.completion(i) for i in range(n)],
                                  skip_special_tokens=False)
-        preds = [rewards.extract_boxed(t) for t in texts]
-        graded = grader.grade([p.answer for _, p in chunk[:n]], preds)
+        boxes = [grading.answer_boxes(t) for t in texts]
+        graded = grader.grade([p.answer for _, p in chunk[:n]], boxes)
         for j in range(n):
             records.append({
                 "problem": chunk[j][0], "source": chunk[j][1].source,
-                "correct": bool(graded.correct[j]), "formatted": preds[j] is not None,
+                "correct": bool(graded.correct[j]), "formatted": bool(boxes[j]),
                 "tokens": int(out.lengths[j]), "steps": rewards.count_steps(texts[j], triggers),
                 "exit_reason": out.exit_reason(j), "text": texts[j]})
     summary = {k: _global_mean([r[k] for r in records]) for k in
@@ -98,7 +98,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     model_cfg, params = experiment.load_initial_model(config, mesh, rules)
     sampler = experiment.make_sampler(config, tok, model_cfg, mesh, evaluation=True)
     results = {}
-    with rewards.Grader(config.reward.grader_workers, config.reward.grader_timeout_s) as grader:
+    with grading.Grader(config.reward.grader_workers, config.reward.grader_timeout_s) as grader:
         for path in files:
             source, _ = experiment.load_problem_files(config, [path])
             problems = [source[i] for i in range(len(source))]

@@ -22,6 +22,7 @@ from stepgrpo_jax import (
     data,
     evaluate,
     experiment,
+    grading,
     grpo,
     parallel,
     rewards,
@@ -62,7 +63,7 @@ def rollout_metrics(out: sampling.SampleOutput, info: dict[str, Any], scores: np
         "response_tokens_mean": float(np.mean(out.lengths)),
         "steps_mean": float(np.mean(info["steps"])),
         "probes_mean": float(np.mean(out.num_probes)),
-        "frac_reward_zero_std": float(np.mean(scores.reshape(-1, group_size).std(axis=1) == 0)),
+        "frac_reward_zero_std": float(np.mean(grpo.equal_reward_groups(scores, group_size))),
     }
     for i, name in enumerate(sampling.EXIT_REASONS):
         m[f"exit_frac_{name}"] = float(np.mean(reasons == i))
@@ -150,7 +151,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     # ---- loop
     preempted = _Preempted()
-    grader = rewards.Grader(config.reward.grader_workers, config.reward.grader_timeout_s)
+    grader = grading.Grader(config.reward.grader_workers, config.reward.grader_timeout_s)
     bar = tqdm(range(start, config.total_steps), initial=start, total=config.total_steps,
                disable=jax.process_index() != 0, desc=f"{config.reward.kind}")
     skipped_in_row, last = 0, {}
@@ -198,7 +199,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 
 def rollout(config: ml_collections.ConfigDict, sampler: sampling.Sampler, tok, params,
-            problems: list[data.Problem], grader: rewards.Grader, rng: jax.Array
+            problems: list[data.Problem], grader: grading.Grader, rng: jax.Array
             ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Samples G completions per problem, scores them and lays out this host's batch rows."""
     G, scfg = config.grpo.group_size, sampler.scfg
@@ -208,11 +209,11 @@ def rollout(config: ml_collections.ConfigDict, sampler: sampling.Sampler, tok, p
                            for i in range(0, len(prompt_ids), chunk)])
     completions = [out.tokens[i, :n] for i, n in enumerate(out.lengths)]
     texts = tok.batch_decode(completions, skip_special_tokens=False)
-    reward_cfg = dict(config.reward, overlong_max_len=scfg.max_new_tokens)
+    reward_cfg = rewards.RewardConfig.from_config(config.reward, scfg.max_new_tokens)
     scores, info = rewards.score_completions(
-        texts, [p.answer for p in problems], out.lengths, G, config.reward.kind, reward_cfg,
-        grader, tuple(config.dtr.triggers))
-    adv = np.asarray(grpo.group_advantages(jnp.asarray(scores), G, config.grpo.adv_scale))
+        texts, [p.answer for p in problems], out.lengths, G, reward_cfg, grader,
+        tuple(config.dtr.triggers))
+    adv = grpo.group_advantages(scores, G, config.grpo.adv_scale)
     train_mask = [1.0 - out.forced[i, :n] if config.dtr.mask_forced else np.ones(n)
                   for i, n in enumerate(out.lengths)]
     prompt_len = scfg.bucket(parallel.process_max(max(map(len, prompt_ids))))
