@@ -100,7 +100,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     results = {}
     with grading.Grader(config.reward.grader_workers, config.reward.grader_timeout_s) as grader:
         for path in files:
-            source, _ = experiment.load_problem_files(config, [path])
+            source, _ = experiment.load_problem_files(config, [path], tok)
             problems = [source[i] for i in range(len(source))]
             if config.eval.max_problems:
                 problems = problems[:config.eval.max_problems]

@@ -124,10 +124,17 @@ def field_map(config: ml_collections.ConfigDict) -> data.FieldMap:
                          config.data.answer_format, config.data.response_field)
 
 
-def load_problem_files(config: ml_collections.ConfigDict, files):
-    """(source, skipped rows) of problem files, with the config's field mapping."""
+def load_problem_files(config: ml_collections.ConfigDict, files, tok=None):
+    """(source, skipped rows) of problem files, with the config's field mapping; with `tok`,
+    prompts longer than the largest prompt bucket are malformed rows."""
+    def prompt_lengths(problems: list[str]) -> list[int]:
+        prompts = [tokenizer.problem_prompt(p) for p in problems]
+        return [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]]
+
     return data.load_problems(as_list(files), field_map(config), config.data.skip_malformed,
-                              config.data.cache_dir or None)
+                              config.data.cache_dir or None,
+                              prompt_lengths if tok is not None else None,
+                              max(config.sampling.prompt_buckets))
 
 
 def as_list(files) -> list[str]:

@@ -116,10 +116,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                    "grpo.prompts_per_step x group_size / num_minibatches")
 
     # ---- data
-    source, skipped_rows = experiment.load_problem_files(config, config.data.train_files)
+    source, skipped_rows = experiment.load_problem_files(config, config.data.train_files, tok)
     eval_problems = []
     if experiment.as_list(config.eval.files):
-        eval_source, _ = experiment.load_problem_files(config, config.eval.files)
+        eval_source, _ = experiment.load_problem_files(config, config.eval.files, tok)
         eval_problems = [eval_source[i] for i in range(len(eval_source))]
         eval_problems = evaluate.host_share(eval_problems[:config.eval.max_problems or None])
         experiment.check_batch_divides(config.eval.batch_size, mesh, "eval.batch_size")

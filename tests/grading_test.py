@@ -97,6 +97,8 @@ EXACT_NUMBERS = [  # (gold, pred, correct)
     ("(0.0000001, 1]", "(0.0000002, 1]", False),  # interval ends
     ("1500", r"1.5\times10^{3}", True),
     ("3", "3.0", True),
+    ("0.00001", "0.00001", True),  # a JSON 1e-05 gold as data.py writes it
+    ("0.00001", "e-5", False),
     # A decimal against a value with no finite decimal expansion keeps math-verify's rounding.
     (r"\frac{1}{3}", "0.333333", True),
     (r"\frac{1}{3}", "0.33", False),
