@@ -142,8 +142,15 @@ def _exact_value(x: sympy.Basic) -> sympy.Expr:
 
 
 def _terminates(q: sympy.Expr) -> bool:
-    """A rational with a finite decimal expansion (denominator 2^a 5^b)."""
-    return q.is_Rational and set(sympy.factorint(q.q)) <= {2, 5}
+    """A rational with a finite decimal expansion (denominator 2^a 5^b). Divides out 2s and 5s
+    rather than factorising: the denominator can be 2004!."""
+    if not q.is_Rational:
+        return False
+    d = int(q.q)
+    d >>= (d & -d).bit_length() - 1
+    while d % 5 == 0:
+        d //= 5
+    return d == 1
 
 
 def _plain_number(x: object) -> bool:
@@ -160,7 +167,8 @@ def exact_numeric_eq(a: sympy.Basic, b: sympy.Basic, float_rounding: int,
     exact rational it writes, and two exact values are equal only if they are: rationals by
     arithmetic, other numbers by `simplify`, else at 60 digits with 1e-45 relative tolerance (for
     radicals sympy cannot prove equal). Only a decimal against a value with no finite decimal
-    expansion (1/3, pi) keeps math-verify's rounding. `X%` equals X/100 and, as in math-verify, X.
+    expansion (1/3, pi) is an approximation: math-verify's rounding, and within 0.1% (else 0.0
+    would match 1/2004!). `X%` equals X/100 and, as in math-verify, X.
     """
     if not (_plain_number(a) and _plain_number(b)):
         return _mv_numeric_eq(a, b, float_rounding, numeric_precision)
@@ -169,8 +177,10 @@ def exact_numeric_eq(a: sympy.Basic, b: sympy.Basic, float_rounding: int,
     values_b = [_exact_value(b)] + ([_exact_value(pct_b)] if pct_b is not None else [])
     approximate = (a.has(sympy.Float) or b.has(sympy.Float)) and not all(
         _terminates(v) for v in values_a[:1] + values_b[:1])
-    if approximate:
-        return _mv_numeric_eq(a, b, float_rounding, numeric_precision)
+    if approximate:  # math-verify's rounding, and 3 significant digits for tiny values
+        x, y = sympy.N(values_a[0], 30), sympy.N(values_b[0], 30)
+        return _mv_numeric_eq(a, b, float_rounding, numeric_precision) and \
+            bool(abs(x - y) <= sympy.Float("1e-3") * max(abs(x), abs(y)))
     return any(_exactly_equal(x, y) for x in values_a for y in values_b)
 
 

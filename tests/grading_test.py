@@ -103,6 +103,10 @@ EXACT_NUMBERS = [  # (gold, pred, correct)
     (r"\frac{1}{3}", "0.333333", True),
     (r"\frac{1}{3}", "0.33", False),
     (r"\pi", "3.141593", True),
+    ("1/2004!", "0.0", False),  # a huge denominator: no factorising, and 0 is not close
+    (r"\frac{10^{-9}}{3}", "0.000000001", False),
+    (r"\frac{1}{3000}", "0.000333", True),
+    ("2.5", "2.50000", True),
 ]
 
 WRAPPED = [
