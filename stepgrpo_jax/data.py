@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 ANSWER_FORMATS = ("plain", "gsm8k")
+_SPACE = re.compile(r"\s*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,28 +94,22 @@ def _json_array(path: str, raw: bytes) -> Iterator[tuple[int, Any]]:
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: bad encoding ({e})") from None
     decoder = json.JSONDecoder(parse_float=decimal.Decimal)
-    pos = text.index("[") + 1
-    while True:
-        pos = _skip_space(text, pos)
-        if text.startswith("]", pos):
-            return
+    pos, line, counted = text.index("[") + 1, 1, 0
+    while (pos := _SPACE.match(text, pos).end()) < len(text) and text[pos] != "]":
+        line, counted = line + text.count("\n", counted, pos), pos
         try:
-            row, end = decoder.raw_decode(text, pos)
+            row, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{e.lineno}: invalid JSON in the array ({e.msg})") from None
-        yield text.count("\n", 0, pos) + 1, row
-        pos = _skip_space(text, end)
+        yield line, row
+        pos = _SPACE.match(text, pos).end()
         if text.startswith(",", pos):
             pos += 1
         elif not text.startswith("]", pos):
-            line = text.count("\n", 0, pos) + 1
-            raise DataError(f"{path}:{line}: invalid JSON in the array (',' or ']' expected)")
-
-
-def _skip_space(text: str, pos: int) -> int:
-    while pos < len(text) and text[pos].isspace():
-        pos += 1
-    return pos
+            break
+    if not text.startswith("]", pos):
+        line += text.count("\n", counted, pos)
+        raise DataError(f"{path}:{line}: invalid JSON in the array (',' or ']' expected)")
 
 
 def _check_not_one_document(path: str, raw: bytes) -> None:

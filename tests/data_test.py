@@ -135,6 +135,7 @@ def test_json_lines_in_a_json_file_loads(tmp_path):
     ('[{"problem": "p", "answer": "1"}, 5]', r"o.json:1: a JSON object expected"),
     ('[{"problem": "p", "answer": "1"},\n {"problem": ]', r"o.json:2: invalid JSON in the array"),
     ('[{"problem": "p", "answer": "1"} {"problem": "q", "answer": "2"}]', "',' or ']' expected"),
+    ('[{"problem": "p", "answer": "1"},\n', r"o.json:2: invalid JSON in the array \(',' or"),
     ("[]", "o.json: no usable rows"),
 ])
 def test_other_json_shapes_are_errors_naming_the_file(tmp_path, text, message):
