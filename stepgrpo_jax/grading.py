@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import re
+import time
 from collections.abc import Callable, Sequence
 
 import math_verify
@@ -59,16 +60,22 @@ def answer_boxes(text: str) -> tuple[str, ...]:
             pos = m.end()
             continue
         start = m.end() + len(rest) - len(rest.lstrip())
-        depth = 0
-        for i in range(start, len(answer)):
-            depth += (answer[i] == "{") - (answer[i] == "}")
-            if depth == 0:
-                boxes.append(answer[start + 1:i].strip())
-                pos = i + 1
-                break
-        else:
+        end = _closing_brace(answer, start)
+        if end is None:
             return ()
+        boxes.append(answer[start + 1:end].strip())
+        pos = end + 1
     return tuple(b for b in boxes if b)
+
+
+def _closing_brace(text: str, start: int) -> int | None:
+    """Index of the `}` that closes the `{` at `start`; None when it is never closed."""
+    depth = 0
+    for i in range(start, len(text)):
+        depth += (text[i] == "{") - (text[i] == "}")
+        if depth == 0:
+            return i
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,12 +98,7 @@ def _unwrap(answer: str) -> str:
     `\textbf{(B)}\ 5` -> `(B)\ 5`, `\mathrm{5}` -> `5`."""
     pos = 0
     while m := _WRAPPER.search(answer, pos):
-        depth, end = 0, None
-        for i in range(m.end() - 1, len(answer)):
-            depth += (answer[i] == "{") - (answer[i] == "}")
-            if depth == 0:
-                end = i
-                break
+        end = _closing_brace(answer, m.end() - 1)
         if end is None:
             return answer  # unbalanced: left to math-verify as it is
         content = answer[m.end():end]
@@ -255,10 +257,11 @@ class Grader:
     """A reusable pool of grading processes (`pebble.ProcessPool`) with a per-answer timeout.
 
     A pathological answer (sympy can spin for minutes on `9^{9^{9^{9}}}`) has its worker killed
-    and replaced after `timeout_s`; it counts as wrong and in `GradeResult.timeouts`, as does an
-    answer whose worker crashed. Workers are spawned, not forked (the parent is a multithreaded
-    JAX process), and warm up before their first answer, so start-up is never charged to an
-    answer. `match_fn(gold, boxes) -> bool` must be a picklable module-level function.
+    and replaced after `timeout_s`; it counts as wrong and in `GradeResult.timeouts`. An answer
+    whose worker died (killed for memory) is wrong too. Workers are spawned, not forked (the
+    parent is a multithreaded JAX process), and warm up before their first answer, so start-up
+    is never charged to an answer. `match_fn(gold, boxes) -> bool` must be a picklable
+    module-level function.
     """
 
     def __init__(self, num_workers: int | None = None, timeout_s: float = 5.0,
@@ -271,14 +274,18 @@ class Grader:
         self._pool: pebble.ProcessPool | None = pebble.ProcessPool(
             self.num_workers, initializer=_warm_up,
             context=multiprocessing.get_context("spawn"))
-        self.wait_ready(block=False)  # starts the workers now, while the caller does other work
+        self._pool.schedule(os.getpid)  # starts the workers now, while the caller does other work
 
-    def wait_ready(self, block: bool = True) -> None:
-        """Starts the workers and, with `block`, waits until they have warmed up."""
-        futures = [self._pool.schedule(_grade_one, (answers_match, "1", ("1",)))
-                   for _ in range(self.num_workers)]
-        if block:
-            concurrent.futures.wait(futures)
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Blocks until every worker has warmed up; otherwise the first `grade` waits for them."""
+        seen, deadline = set(), time.monotonic() + timeout_s
+        while len(seen) < self.num_workers:  # a worker answers only once warm
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.num_workers - len(seen)} grading workers not ready "
+                                   f"after {timeout_s}s")
+            seen.update(f.result() for f in [self._pool.schedule(os.getpid)
+                                             for _ in range(self.num_workers)])
+            time.sleep(0.05)
 
     def grade(self, golds: Sequence[str], boxes: Sequence[Sequence[str]]) -> GradeResult:
         """Grades the boxed answers of completion i against gold i; no boxes is wrong, unsent."""
