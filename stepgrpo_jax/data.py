@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -42,6 +42,11 @@ class FieldMap:
     answer: str = "answer"
     answer_format: str = "plain"  # "gsm8k": the reference answer is the text after "####".
     response: str = ""  # Field of a reference response, for supervised training ("": none).
+
+    @classmethod
+    def from_config(cls, data: Mapping[str, Any]) -> FieldMap:
+        """The fields of a `config.data` section named like this class's."""
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
 
 class DataError(ValueError):
@@ -292,6 +297,22 @@ def _drop_long_prompts(source: _SortedSource, prompt_lengths, max_prompt_tokens:
     source.order = [i for i, p in zip(source.order, problems, strict=True)
                     if p.source not in too_long]
     return reasons
+
+
+def load_from_config(data: Mapping[str, Any], files: str | Sequence[str],
+                     prompt_lengths: Callable[[list[str]], Sequence[int]] | None = None,
+                     max_prompt_tokens: int | None = None):
+    """`load_problems` of `files` (a sequence, or a comma-separated string as a command-line
+    override gives) with the field mapping and options of a `config.data` section."""
+    return load_problems(as_list(files), FieldMap.from_config(data), data["skip_malformed"],
+                         data["cache_dir"] or None, prompt_lengths, max_prompt_tokens)
+
+
+def as_list(files: str | Sequence[str]) -> list[str]:
+    """Files as a sequence or a comma-separated string."""
+    if isinstance(files, str):
+        return [f for f in files.split(",") if f]
+    return list(files)
 
 
 def _sync_hosts(name: str) -> None:

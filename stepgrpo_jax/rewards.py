@@ -10,10 +10,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import ml_collections
 import numpy as np
 
 from stepgrpo_jax import grading
@@ -130,28 +129,29 @@ def overlong_penalty(lengths: Any, max_len: int, cache_len: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class RewardConfig:
-    """The reward of one method (SPEC §4)."""
+    """The reward of one method (SPEC §4); fields named like `config.reward`'s."""
 
     kind: str = "step_grpo"  # One of KINDS.
     alpha: float = 0.9  # Weight of accuracy vs format.
     beta: float = 0.5  # Strength of the step bonus / penalty.
     overlong: bool = False  # Adds DAPO's soft overlong punishment.
-    overlong_max_len: int = 0  # Its hard limit (the response budget).
-    overlong_cache_len: int = 0  # Its soft band below overlong_max_len.
+    overlong_cache_len: int = 4096  # Its soft band below overlong_max_len.
+    overlong_max_len: int | None = None  # Its hard limit: the response budget.
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown reward kind {self.kind!r}; expected one of {KINDS}")
-        if self.overlong and not 0 < self.overlong_cache_len <= self.overlong_max_len:
+        if self.overlong and not 0 < self.overlong_cache_len <= (self.overlong_max_len or 0):
             raise ValueError("overlong needs 0 < overlong_cache_len <= overlong_max_len, got "
                              f"{self.overlong_cache_len} and {self.overlong_max_len}")
 
     @classmethod
-    def from_config(cls, reward: ml_collections.ConfigDict, max_new_tokens: int) -> RewardConfig:
-        """From `config.reward`; the overlong limit is the sampler's response budget."""
-        return cls(kind=reward.kind, alpha=reward.alpha, beta=reward.beta,
-                   overlong=reward.overlong, overlong_max_len=max_new_tokens,
-                   overlong_cache_len=reward.overlong_cache_len)
+    def from_config(cls, config: Mapping[str, Any]) -> RewardConfig:
+        """The fields of `config.reward` named like this class's; the overlong limit is the
+        response budget `config.sampling.max_new_tokens`."""
+        reward = config["reward"]
+        return cls(**{f.name: reward[f.name] for f in dataclasses.fields(cls) if f.name in reward},
+                   overlong_max_len=config["sampling"]["max_new_tokens"])
 
 
 def group_rewards(cfg: RewardConfig, correct: Any, formatted: Any, steps: Any,

@@ -164,8 +164,9 @@ def test_reward_config_rejects_bad_fields(fields, match):
 def test_reward_config_is_frozen_and_from_config():
     from configs import default
 
-    cfg = rewards.RewardConfig.from_config(default.get_config().reward, max_new_tokens=512)
-    assert cfg == rewards.RewardConfig(overlong_max_len=512, overlong_cache_len=4096)
+    config = default.get_config()
+    cfg = rewards.RewardConfig.from_config(config)
+    assert cfg == rewards.RewardConfig(overlong_max_len=config.sampling.max_new_tokens)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.alpha = 1.0
 
