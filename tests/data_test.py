@@ -234,3 +234,21 @@ def test_empty_file_is_an_error(tmp_path):
     (tmp_path / "e.jsonl").write_text("\n\n")
     with pytest.raises(data.DataError, match="e.jsonl: no usable rows"):
         _load(tmp_path, [str(tmp_path / "e.jsonl")])
+
+
+def test_prompt_lengths_of_the_real_tokenizer(tmp_path, qwen3_tokenizer_dir):
+    from configs import default
+    from stepgrpo_jax import tokenizer
+
+    tok = tokenizer.load(qwen3_tokenizer_dir)
+    problems = ["What is 1+1?", " ".join(["x"] * 3000)]
+    lengths = tokenizer.problem_prompt_lengths(tok, problems)
+    assert lengths == [len(tokenizer.encode_problem(tok, p)) for p in problems]
+    path = _jsonl(tmp_path / "t.jsonl", [{"problem": p, "answer": "2"} for p in problems])
+    config = default.get_config()
+    config.data.cache_dir = str(tmp_path / "tfds")
+    with pytest.raises(data.DataError, match=rf"t.jsonl:2: prompt of {lengths[1]} tokens is "
+                       r"longer than the largest prompt bucket \(2048\)"):
+        data.load_from_config(config.data, path,
+                              lambda ps: tokenizer.problem_prompt_lengths(tok, ps),
+                              max(config.sampling.prompt_buckets))
