@@ -334,18 +334,24 @@ def _cached_attention(q, k, v, positions, k_all, v_all, layer, block: int):
     size = min(block or S, S)
     # Rows that feed past the cache (finished rows) read nothing.
     filled = jnp.max(jnp.where(positions < S, positions + 1, 0))
-    num_blocks = (filled + size - 1) // size
-
-    def read_block(j, carry):
-        # The last block is moved back to end at S; its slots before j * size were read already.
-        start = jnp.minimum(j * size, S - size)
-        kb, vb = (jax.lax.dynamic_slice(c, (layer, 0, start, 0, 0), (1, B, size, K, H))[0]
-                  .astype(q.dtype) for c in (k_all, v_all))
-        k_pos = jnp.broadcast_to(start + jnp.arange(size), (B, size))
-        return _online_update(carry, qg, kb, vb, _seen(positions, k_pos, k_pos >= j * size))
-
-    out, _ = _online_result(jax.lax.fori_loop(0, num_blocks, read_block, _online_init(qg)))
+    read = functools.partial(read_cache_block, q=qg, k_all=k_all, v_all=v_all, layer=layer,
+                             q_pos=positions, size=size)
+    carry = jax.lax.fori_loop(0, (filled + size - 1) // size, read, _online_init(qg))
+    out, _ = _online_result(carry)
     return out.astype(q.dtype).reshape(B, T, N, H), k_all, v_all
+
+
+def read_cache_block(j, carry, q, k_all, v_all, layer, q_pos, size: int):
+    """Folds key block j (slots j * size on, of layer `layer` of the caches [L, B, S, K, H])
+    into the online softmax `carry` of q [B, T, K, G, H] at positions q_pos [B, T]: one trip of
+    the decode attention's loop."""
+    B, S, K, H = k_all.shape[1:]
+    # The last block is moved back to end at S; its slots before j * size were read already.
+    start = jnp.minimum(j * size, S - size)
+    kb, vb = (jax.lax.dynamic_slice(c, (layer, 0, start, 0, 0), (1, B, size, K, H))[0]
+              .astype(q.dtype) for c in (k_all, v_all))
+    k_pos = jnp.broadcast_to(start + jnp.arange(size), (B, size))
+    return _online_update(carry, q, kb, vb, _seen(q_pos, k_pos, k_pos >= j * size))
 
 
 _REMAT = {
