@@ -170,6 +170,12 @@ def test_generate_tool(tmp_path, qwen3_tokenizer_dir):
     assert len(first["token_ids"]) == len(first["logprobs"]) == 12
     assert first["exit_reason"] in sampling.EXIT_REASONS
     assert first["text"] == tok.decode(first["token_ids"])
+    # Three samples on one row of the engine equal the static batch's.
+    sampled = ["--prompt", "What is 2+3?", "--dtr", "--num_samples", "3", "--seed", "1"]
+    static = generate.main(args + sampled + ["--engine", "static"])["completions"]
+    engine = generate.main(args + sampled + ["--rows", "1"])["completions"]
+    assert [c["token_ids"] for c in engine] == [c["token_ids"] for c in static]
+    assert len({tuple(c["token_ids"]) for c in static}) > 1
     with pytest.raises(SystemExit):
         generate.main(args + ["--prompt_ids", "1,x"])
     with pytest.raises(ValueError, match="outside the model's vocabulary"):
