@@ -178,40 +178,45 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     bar = tqdm(range(start, config.total_steps), initial=start, total=config.total_steps,
                disable=jax.process_index() != 0, desc=f"{config.reward.kind}")
     skipped_in_row, last = 0, {}
+    # In the loop, every device -> host copy is explicit (device_get): an implicit one (np.asarray,
+    # float() of a device value) would stall the step unseen, so it is an error instead. Host ->
+    # device stays allowed for the small Python values of RNG folding.
     try:
-        for step in bar:
-            done = step + 1
-            t0 = time.perf_counter()
-            batch, m = rollout(config, sampler, tok, state.params, stream.take(prompts_per_host),
-                               grader, jax.random.fold_in(jax.random.fold_in(rng, 1), step))
-            t1 = time.perf_counter()
-            state, per_minibatch = grpo.train_on_rollout(
-                update, logprobs, state, parallel.host_to_global(batch, mesh),
-                config.grpo.num_minibatches, ref_params)
-            m.update(update_metrics(per_minibatch))  # Fetching them waits for the updates.
-            m.update(rollout_seconds=t1 - t0, update_seconds=time.perf_counter() - t1,
-                     tokens_per_second=m.pop("generated_tokens") / max(t1 - t0, 1e-9),
-                     data_skipped_rows=len(skipped_rows))
-            every = config.eval.every_steps
-            if eval_sampler and ((every and done % every == 0) or done == config.total_steps):
-                result = evaluate.evaluate_problems(
-                    eval_sampler, state.params, tok, eval_problems, config.eval.num_samples,
-                    config.eval.batch_size, grader, jax.random.fold_in(rng, 2), triggers)
-                m.update({f"eval_{k}": v for k, v in result.items() if k != "records"})
-            if step % config.log.every_steps == 0 or done == config.total_steps:
-                last = writer.write(done, m)
-                bar.set_postfix(reward=f"{m['reward_mean']:.3f}", acc=f"{m['acc_mean']:.2f}",
-                                tokens=f"{m['response_tokens_mean']:.0f}")
-            skipped_in_row = skipped_in_row + 1 if m["skipped"] else 0
-            if skipped_in_row >= config.optim.max_skipped:
-                raise FloatingPointError(f"{skipped_in_row} non-finite updates in a row at step "
-                                         f"{done}; last metrics: {m}")
-            if preempted.flag or done % config.ckpt.every_steps == 0 or \
-                    done == config.total_steps:
-                checkpoint.save_train_state(ckpt, done, state, model_cfg, stream.position,
-                                            config.seed)
-            if preempted.flag:
-                break
+        with jax.transfer_guard_device_to_host("disallow"):
+            for step in bar:
+                done = step + 1
+                t0 = time.perf_counter()
+                problems = stream.take(prompts_per_host)
+                batch, m = rollout(config, sampler, tok, state.params, problems, grader,
+                                   jax.random.fold_in(jax.random.fold_in(rng, 1), step))
+                t1 = time.perf_counter()
+                state, per_minibatch = grpo.train_on_rollout(
+                    update, logprobs, state, parallel.host_to_global(batch, mesh),
+                    config.grpo.num_minibatches, ref_params)
+                m.update(update_metrics(per_minibatch))  # Fetching them waits for the updates.
+                m.update(rollout_seconds=t1 - t0, update_seconds=time.perf_counter() - t1,
+                         tokens_per_second=m.pop("generated_tokens") / max(t1 - t0, 1e-9),
+                         data_skipped_rows=len(skipped_rows))
+                every = config.eval.every_steps
+                if eval_sampler and ((every and done % every == 0) or done == config.total_steps):
+                    result = evaluate.evaluate_problems(
+                        eval_sampler, state.params, tok, eval_problems, config.eval.num_samples,
+                        config.eval.batch_size, grader, jax.random.fold_in(rng, 2), triggers)
+                    m.update({f"eval_{k}": v for k, v in result.items() if k != "records"})
+                if step % config.log.every_steps == 0 or done == config.total_steps:
+                    last = writer.write(done, m)
+                    bar.set_postfix(reward=f"{m['reward_mean']:.3f}", acc=f"{m['acc_mean']:.2f}",
+                                    tokens=f"{m['response_tokens_mean']:.0f}")
+                skipped_in_row = skipped_in_row + 1 if m["skipped"] else 0
+                if skipped_in_row >= config.optim.max_skipped:
+                    raise FloatingPointError(f"{skipped_in_row} non-finite updates in a row at "
+                                             f"step {done}; last metrics: {m}")
+                if preempted.flag or done % config.ckpt.every_steps == 0 or \
+                        done == config.total_steps:
+                    checkpoint.save_train_state(ckpt, done, state, model_cfg, stream.position,
+                                                config.seed)
+                if preempted.flag:
+                    break
     finally:
         preempted.restore()
         grader.close()
