@@ -170,6 +170,9 @@ SEVERAL_BOXES = [  # (gold, completion, correct)
     ("3", r"\boxed{2} no, \boxed{3}", True),  # the last box alone
     ("2", r"\boxed{2} no, \boxed{3}", False),
     ("5", r"\boxed{5} \boxed{ }", True),
+    ("5", r"\boxed{5} or maybe \boxed{6}", False),  # hedging over boxes earns nothing
+    (r"\{2, 3\}", r"\boxed{2}, \boxed{3}", True),
+    ("(1, 2), (3, 4)", r"\boxed{(1, 2)} and \boxed{(3, 4)}", True),
     ("5", r"<think>\boxed{5}", False),
 ]
 
