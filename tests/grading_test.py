@@ -132,6 +132,15 @@ WRAPPED = [
     ("12", r"12\, \text{cm}", True),
     ("5", "5 apples", True),
     ("5", r"\text{6 apples}", False),
+    ("B", r"\text{B}", True),
+    ("B", r"\mathbf{(B)}", True),
+    ("B", r"\textbf{(B) }\ 5", True),
+    ("5", r"5\ \text{apples}", True),
+    ("5", r"5 \mbox{ dollars}", True),
+    ("-3", r"\text{-3 degrees}", True),
+    ("1000", r"\text{1,000 people}", True),
+    (r"\frac{1}{2}", r"\text{1/2 cup}", True),
+    ("5", r"\text{five}", False),  # number words are not read
     (r"\text{yes}", r"\text{Yes}", True),
     (r"\text{yes}", r"\text{no}", False),
 ]
