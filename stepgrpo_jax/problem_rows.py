@@ -34,15 +34,17 @@ def read_rows(path: str) -> Iterator[tuple[int, Any]]:
     if raw.lstrip()[:1] == b"[":
         yield from _json_array(path, raw)
         return
+    first = True
     for i, line in enumerate(raw.splitlines(), 1):
         if not line.strip():
             continue
         try:
             yield i, json.loads(line.decode("utf-8"), parse_float=decimal.Decimal)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            if i == 1:
+            if first:
                 _check_not_one_document(path, raw)
             yield i, e
+        first = False
 
 
 def _json_array(path: str, raw: bytes) -> Iterator[tuple[int, Any]]:

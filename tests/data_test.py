@@ -131,6 +131,8 @@ def test_json_lines_in_a_json_file_loads(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ('{\n "data": [{"problem": "p", "answer": "1"}]\n}\n',
      "o.json: JSON Lines or a JSON array expected, found one dict"),
+    ('\n\n{\n "problem": "p",\n "answer": "1"\n}\n',
+     "o.json: JSON Lines or a JSON array expected, found one dict"),
     ("5\n", r"o.json:1: a JSON object expected \(JSON Lines or a JSON array"),
     ('[{"problem": "p", "answer": "1"}, 5]', r"o.json:1: a JSON object expected"),
     ('[{"problem": "p", "answer": "1"},\n {"problem": ]', r"o.json:2: invalid JSON in the array"),
