@@ -6,6 +6,7 @@ restore, loop. Supervised warm start (`mode="sft"`) has its own loop in `sft.py`
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Any
@@ -20,6 +21,7 @@ from stepgrpo_jax import (
     checkpoint,
     data,
     evaluate,
+    grading,
     grpo,
     parallel,
     rewards,
@@ -70,7 +72,7 @@ def rollout_metrics(out: sampling.SampleOutput, info: dict[str, Any], scores: np
         "response_tokens_mean": float(np.mean(out.lengths)),
         "steps_mean": float(np.mean(info["steps"])),
         "probes_mean": float(np.mean(out.num_probes)),
-        "frac_reward_zero_std": float(np.mean(scores.reshape(-1, group_size).std(axis=1) == 0)),
+        "frac_reward_zero_std": float(np.mean(grpo.equal_reward_groups(scores, group_size))),
     }
     for i, name in enumerate(sampling.EXIT_REASONS):
         m[f"exit_frac_{name}"] = float(np.mean(reasons == i))
@@ -103,10 +105,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                  "grpo.prompts_per_step x group_size / num_minibatches")
 
     # ---- data
-    source, skipped_rows = data.load_from_config(config.data, config.data.train_files)
+    # A prompt longer than the largest bucket is a malformed row, found now, not at a rollout.
+    lengths = functools.partial(tokenizer.problem_prompt_lengths, tok)
+    longest = max(config.sampling.prompt_buckets)
+    source, skipped_rows = data.load_from_config(config.data, config.data.train_files, lengths,
+                                                 longest)
     eval_problems = []
     if data.as_list(config.eval.files):
-        eval_source, _ = data.load_from_config(config.data, config.eval.files)
+        eval_source, _ = data.load_from_config(config.data, config.eval.files, lengths, longest)
         eval_problems = [eval_source[i] for i in range(len(eval_source))]
         eval_problems = evaluate.host_share(eval_problems[:config.eval.max_problems or None])
         parallel.check_batch_divides(config.eval.batch_size, mesh, "eval.batch_size")
@@ -150,7 +156,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     # ---- loop
     preemption = checkpoint.Preemption(ckpt)
-    grader = rewards.Grader(config.reward.grader_workers, config.reward.grader_timeout_s)
+    grader = grading.Grader(config.reward.grader_workers, config.reward.grader_timeout_s)
     bar = tqdm(range(start, config.total_steps), initial=start, total=config.total_steps,
                disable=jax.process_index() != 0, desc=f"{config.reward.kind}")
     skipped_in_row, last = 0, {}
@@ -204,7 +210,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 
 def rollout(config: ml_collections.ConfigDict, sampler: sampling.Sampler, tok, params,
-            problems: list[data.Problem], grader: rewards.Grader, rng: jax.Array
+            problems: list[data.Problem], grader: grading.Grader, rng: jax.Array
             ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Samples G completions per problem, scores them and lays out this host's batch rows."""
     G, scfg = config.grpo.group_size, sampler.scfg
@@ -215,20 +221,17 @@ def rollout(config: ml_collections.ConfigDict, sampler: sampling.Sampler, tok, p
         for i in range(0, len(prompt_ids), chunk)])
     completions = [out.tokens[i, :n] for i, n in enumerate(out.lengths)]
     texts = tok.batch_decode(completions, skip_special_tokens=False)
-    reward_cfg = dict(config.reward, overlong_max_len=scfg.max_new_tokens)
+    reward_cfg = rewards.RewardConfig.from_config(config)
     scores, info = rewards.score_completions(
-        texts, [p.answer for p in problems], out.lengths, G, config.reward.kind, reward_cfg,
-        grader, tuple(config.dtr.triggers))
-    # Scores are host values: they go to the device and the advantages come back explicitly
-    # (jitted, so the formula's Python constants are no transfers either).
-    advantages = jax.jit(grpo.group_advantages, static_argnums=(1, 2))
-    adv = jax.device_get(advantages(jax.device_put(scores), G, config.grpo.adv_scale))
+        texts, [p.answer for p in problems], out.lengths, G, reward_cfg, grader,
+        tuple(config.dtr.triggers))
+    adv = grpo.group_advantages(scores, G, config.grpo.adv_scale)
     train_mask = [1.0 - out.forced[i, :n] if config.dtr.mask_forced else np.ones(n)
                   for i, n in enumerate(out.lengths)]
     prompt_len = scfg.bucket(parallel.process_max(max(map(len, prompt_ids))))
     # Responses pad to the step's longest, bucketed: no columns that are all padding.
     response_len = padded_length(parallel.process_max(int(out.lengths.max())),
-                                            config.grpo.response_bucket, scfg.max_new_tokens)
+                                 config.grpo.response_bucket, scfg.max_new_tokens)
     batch = build_batch(prompt_ids, completions, train_mask, adv, prompt_len, response_len,
                         tok.pad_token_id)
     m = parallel.process_mean(rollout_metrics(out, info, scores, G), len(completions))
