@@ -40,6 +40,7 @@ from stepgrpo_jax.model import ModelConfig, Params
 from stepgrpo_jax.sampling import decode, dtr, filters
 from stepgrpo_jax.sampling.config import SamplerConfig
 from stepgrpo_jax.sampling.decode import SampleOutput
+from stepgrpo_jax.sampling.sampler import Sampler
 from stepgrpo_jax.sampling.steps import TriggerTables
 
 
@@ -84,8 +85,8 @@ class Engine:
         self._insert = jax.jit(functools.partial(_insert, scfg), donate_argnums=(1, 2))
         self._start = jax.jit(functools.partial(_start, cfg, scfg), static_argnums=(1, 2, 3, 4))
 
-    def __call__(self, params: Params, prompts: Sequence[Sequence[int]], group_size: int,
-                 rng: jax.Array) -> SampleOutput:
+    def rollout(self, params: Params, prompts: Sequence[Sequence[int]], group_size: int,
+                rng: jax.Array) -> SampleOutput:
         """Completions of each of this process's prompts, `group_size` each, group-major: row
         g * group_size + s is sample s of prompt g. Its request id is its index in the global
         queue (every process's rows in process order), as the static sampler's row index."""
@@ -140,6 +141,17 @@ class Engine:
         """This process's requests of a replicated [N, ...] output."""
         start = jax.process_index() * n
         return np.asarray(x.addressable_data(0))[start:start + n]
+
+
+def make_sampler(kind: str, cfg: ModelConfig, scfg: SamplerConfig, tables: TriggerTables,
+                 rows: int, mesh: Mesh | None = None) -> Engine | Sampler:
+    """The rollout sampler of `config.sampling.engine`: "continuous" (an engine of `rows`
+    decode rows on each process) or "static" (calls of `rows` rows). Both have `rollout`."""
+    if kind == "continuous":
+        return Engine(cfg, scfg, tables, rows * jax.process_count(), mesh)
+    if kind == "static":
+        return Sampler(cfg, scfg, tables, mesh, rows=rows)
+    raise ValueError(f"sampling.engine={kind!r}: expected 'continuous' or 'static'")
 
 
 def _start(cfg: ModelConfig, scfg: SamplerConfig, tables: TriggerTables, B: int, T: int,
