@@ -107,26 +107,25 @@ class Engine:
         P = math.ceil(B / G) + 1
         with jax.set_mesh(self.mesh) if self.mesh else contextlib.nullcontext():
             pool, buffer, out = self._start(self.tables, B, T, N, P)
-            row_request = np.full(B, -1)  # The host's copy of pool.request.
-            done = np.ones(B, bool)
-            next_request, prefilled = 0, 0
+            done, next_request, prefilled = np.ones(B, bool), 0, 0
             while True:
-                free = np.flatnonzero(done)[:N - next_request]
+                # Free rows take the next requests, in queue order.
+                rows = np.flatnonzero(done)[:N - next_request]
                 fill = np.zeros(B, bool)
-                fill[free] = True
-                new_request = np.zeros(B, np.int32)
-                new_request[free] = np.arange(next_request, next_request + len(free))
-                groups = new_request // G
-                for g in range(prefilled, int(groups[free].max(initial=-1)) + 1):
+                fill[rows] = True
+                request = np.zeros(B, np.int32)
+                request[rows] = np.arange(next_request, next_request + len(rows))
+                next_request += len(rows)
+                group = request // G
+                # The groups that start now are prefilled once, before their first request.
+                for g in range(prefilled, int(group[rows].max(initial=-1)) + 1):
                     buffer = self._prefill(params, buffer, ids[g:g + 1], lengths[g:g + 1],
                                            np.int32(g % P))
-                    prefilled += 1
-                next_request += len(free)
-                pool, out = self._insert(self.tables, pool, out, buffer, fill, new_request,
-                                         (groups % P).astype(np.int32), lengths[groups], rng)
-                row_request[done] = -1
-                row_request[fill] = new_request[fill]
-                if (row_request < 0).all():
+                    prefilled = g + 1
+                # Saves every finished row's result (at the end: the last ones), starts the new.
+                pool, out = self._insert(self.tables, pool, out, buffer, fill, request,
+                                         (group % P).astype(np.int32), lengths[group], rng)
+                if not len(rows):  # A segment only returns with rows to refill, or all done.
                     break
                 pool, done = self._segment(params, self.tables, pool,
                                            np.bool_(next_request < N))
