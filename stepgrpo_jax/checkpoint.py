@@ -177,6 +177,6 @@ def save_train_state(ckpt: Checkpoints, step: int, state: TrainState, model_cfg:
         from jax.experimental import multihost_utils
 
         positions = multihost_utils.process_allgather(np.int64(data_position)).tolist()
-    meta = {"step": step, "updates": int(state.step), "seed": seed,
+    meta = {"step": step, "updates": int(jax.device_get(state.step)), "seed": seed,
             "model_config": config_to_json(model_cfg), "data_position": positions}
     ckpt.save(step, state.params, meta, state.opt_state, force=True)

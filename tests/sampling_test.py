@@ -5,11 +5,9 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 
 import chex
+import fixtures
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -196,21 +194,12 @@ def _distributed_rows(process_id: int, out: str) -> None:
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     """Each process passes its own rows and gets them back (jax.distributed on CPU)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    procs = [subprocess.Popen(
-        [sys.executable, "-c",
-         "import jax, sys; jax.config.update('jax_cpu_collectives_implementation', 'gloo'); "
-         f"jax.distributed.initialize('127.0.0.1:{port}', 2, {i}); "
-         "sys.path.insert(0, 'tests'); import sampling_test; "
-         f"sampling_test._distributed_rows({i}, '{tmp_path}/{i}.npz')"],
-        env=env, cwd=os.path.dirname(os.path.dirname(__file__)), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    for p in procs:
-        log = p.communicate(timeout=240)[0]  # A hung collective fails instead of stalling.
-        assert p.returncode == 0, log[-4000:]
+    fixtures.run_processes(lambda i, port: [
+        fixtures.PYTHON, "-c",
+        f"import jax, sys; jax.distributed.initialize('127.0.0.1:{port}', 2, {i}); "
+        "sys.path.insert(0, 'tests'); import sampling_test; "
+        f"sampling_test._distributed_rows({i}, '{tmp_path}/{i}.npz')"],
+        devices=4, timeout=240)  # A hung collective fails instead of stalling.
     want = sampling.Sampler(TINY, PLAIN, TABLES)(model.init_params(TINY, jax.random.key(0)),
                                                  random_prompts(5, 8), jax.random.key(0))
     for i in range(2):

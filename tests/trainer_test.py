@@ -3,11 +3,11 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
+import fixtures
 import jax
 import numpy as np
 import pytest
@@ -16,7 +16,6 @@ from transformers import Qwen3ForCausalLM
 
 from stepgrpo_jax import checkpoint, testbed
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED_METRICS = (
     "step", "reward_mean", "acc_mean", "fmt_mean", "response_tokens_mean", "steps_mean",
     "probes_mean", "exit_frac_natural", "exit_frac_early_exit", "exit_frac_budget",
@@ -33,17 +32,13 @@ def testbed_dir(tmp_path_factory):
     return out
 
 
-def _env(devices: int = 1) -> dict[str, str]:
-    return {**os.environ, "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-
-
 def _main(testbed_dir, workdir, *overrides, devices=1, mesh="1x-1x1", extra=(), check=True,
           timeout=600):
     cmd = [sys.executable, "main.py",
            f"--config=tests/tiny_run_config.py:testbed={testbed_dir},mesh={mesh}",
            f"--workdir={workdir}", *[f"--config.{o}" for o in overrides], *extra]
-    result = subprocess.run(cmd, cwd=ROOT, env=_env(devices), capture_output=True, text=True,
+    result = subprocess.run(cmd, cwd=fixtures.ROOT, env=fixtures.cpu_env(devices),
+                            capture_output=True, text=True,
                             timeout=timeout)
     if check:
         assert result.returncode == 0, result.stderr[-4000:]
@@ -71,7 +66,8 @@ def test_resume_after_sigkill_is_bitwise(testbed_dir, tmp_path):
 
     cmd = [sys.executable, "main.py", f"--config=tests/tiny_run_config.py:testbed={testbed_dir}",
            f"--workdir={resumed}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, cwd=fixtures.ROOT, env=fixtures.cpu_env(),
+                            stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     ckpt_dir = os.path.join(resumed, "checkpoints")
     deadline = time.time() + 600
@@ -99,7 +95,8 @@ def test_sigterm_saves_and_stops(testbed_dir, tmp_path):
     workdir = str(tmp_path / "w")
     cmd = [sys.executable, "main.py", f"--config=tests/tiny_run_config.py:testbed={testbed_dir}",
            f"--workdir={workdir}", "--config.total_steps=50", "--config.ckpt.every_steps=100"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, cwd=fixtures.ROOT, env=fixtures.cpu_env(),
+                            stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     metrics = os.path.join(workdir, "metrics.jsonl")
     deadline = time.time() + 600
@@ -122,7 +119,8 @@ def test_export_of_last_checkpoint_loads_in_transformers(testbed_dir, tmp_path):
     assert len(lines) == 2 and all(np.isfinite(lines[-1][k]) for k in ("loss", "grad_norm"))
     subprocess.run([sys.executable, "tools/export_hf.py",
                     f"--checkpoint={workdir}/checkpoints", f"--out={out}",
-                    f"--tokenizer_dir={testbed_dir}/tokenizer"], cwd=ROOT, env=_env(), check=True,
+                    f"--tokenizer_dir={testbed_dir}/tokenizer"], cwd=fixtures.ROOT,
+                   env=fixtures.cpu_env(), check=True,
                    capture_output=True)
     hf = Qwen3ForCausalLM.from_pretrained(out, dtype=torch.float32)
     ids = torch.tensor([[1, 5, 7, 9]])
@@ -134,33 +132,14 @@ def test_export_of_last_checkpoint_loads_in_transformers(testbed_dir, tmp_path):
         np.testing.assert_allclose(hf(ids).logits.numpy(), ours, atol=1e-4)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_train_like_one(testbed_dir, tmp_path):
     """The tiny run in two local processes (jax.distributed, one CPU device each)."""
-    port = _free_port()
     workdir = str(tmp_path / "multi")
-    procs = []
-    for pid in range(2):
-        cmd = [sys.executable, "main.py",
-               f"--config=tests/tiny_run_config.py:testbed={testbed_dir}",
-               f"--workdir={workdir}", "--config.total_steps=2",
-               f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={pid}"]
-        env = {**_env(1), "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, text=True))
-    try:
-        errors = [p.communicate(timeout=600)[1] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    for p, err in zip(procs, errors, strict=True):
-        assert p.returncode == 0, err[-4000:]
+    fixtures.run_processes(lambda i, port: [
+        fixtures.PYTHON, "main.py", f"--config=tests/tiny_run_config.py:testbed={testbed_dir}",
+        f"--workdir={workdir}", "--config.total_steps=2", f"--coordinator=127.0.0.1:{port}",
+        "--num_processes=2", f"--process_id={i}"])
     lines = _metrics(workdir)
     assert [m["step"] for m in lines] == [1, 2]
     assert checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"),

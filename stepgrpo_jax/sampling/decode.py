@@ -122,6 +122,6 @@ def decode_step(cfg: ModelConfig, scfg: SamplerConfig, params: Params, tables: T
 def to_host(x: jax.Array, mesh: Mesh | None) -> np.ndarray:
     """This process's rows of a batch-sharded array (or the value, if replicated)."""
     if x.is_fully_addressable or x.is_fully_replicated:
-        return np.asarray(x)
+        return jax.device_get(x)
     spec = parallel.logical_to_spec(("act_batch",), mesh=mesh)
-    return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, spec))
+    return jax.device_get(multihost_utils.global_array_to_host_local_array(x, mesh, spec))

@@ -129,8 +129,8 @@ class Engine:
                     break
                 pool, done = self._segment(params, self.tables, pool,
                                            np.bool_(next_request < N))
-                done = np.asarray(done.addressable_data(0))
-            iterations = int(pool.iterations.addressable_data(0))
+                done = jax.device_get(done.addressable_data(0))  # The one sync a segment.
+            iterations = int(jax.device_get(pool.iterations.addressable_data(0)))
             result = {k: self._local(v, len(prompts) * G) for k, v in out.items()}
         return SampleOutput(**result, num_steps=iterations,
                             row_steps=B // jax.process_count() * iterations,
@@ -139,7 +139,7 @@ class Engine:
     def _local(self, x: jax.Array, n: int) -> np.ndarray:
         """This process's requests of a replicated [N, ...] output."""
         start = jax.process_index() * n
-        return np.asarray(x.addressable_data(0))[start:start + n]
+        return jax.device_get(x.addressable_data(0))[start:start + n]
 
 
 def make_sampler(kind: str, cfg: ModelConfig, scfg: SamplerConfig, tables: TriggerTables,
