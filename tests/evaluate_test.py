@@ -63,8 +63,7 @@ def test_unclosed_thinking_has_no_answer(qwen3_tokenizer_dir, grader):
     problems = [data.Problem("1+1?", "2", "f:1")]
     texts = ["<think>\n\\boxed{2}", "<think>\nok</think>\n\n\\boxed{2}"]  # cut, closed
     result = evaluate.evaluate_problems(ScriptedSampler(tok, texts), None, tok, problems,
-                                        num_samples=2, batch_size=2, grader=grader,
-                                        rng=jax.random.key(0))
+                                        num_samples=2, grader=grader, rng=jax.random.key(0))
     assert [(r["correct"], r["formatted"]) for r in result["records"]] == [(False, False),
                                                                           (True, True)]
 
