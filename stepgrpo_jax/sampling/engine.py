@@ -72,6 +72,7 @@ class Engine:
     With a mesh, rows are split over ("data", "fsdp") like the static sampler's batch, so
     `num_rows` must divide over those axes. With several processes, every process passes its own
     prompts and gets back its own completions; all of them schedule the global queue alike.
+    Results wait on the devices, replicated ([N, R] per field for N requests), until the end.
     """
 
     def __init__(self, cfg: ModelConfig, scfg: SamplerConfig, tables: TriggerTables,
@@ -187,7 +188,9 @@ def _prefill(cfg: ModelConfig, scfg: SamplerConfig, params: Params, buffer: Prom
 def _copy_prompt(cache: model.KVCache, prompts: model.KVCache, fill: jax.Array,
                  src: jax.Array) -> model.KVCache:
     """cache[:, b, :T] = prompts[:, src[b]] for the rows b in `fill`: the prompt's keys and
-    values start the row's cache; slots past T are stale and masked until overwritten."""
+    values start the row's cache; slots past T are stale and masked until overwritten. The
+    gather is batch-aligned (every row's shard reads its own source, dropped where not filled),
+    so it splits over the mesh like the rows: B x T slots an insert, never the S-slot cache."""
     B, T = fill.shape[0], prompts.k.shape[2]
     dst = jnp.where(fill, jnp.arange(B), B)  # Rows not filled: out of range, dropped.
     return decode.constrain_cache(jax.tree.map(
