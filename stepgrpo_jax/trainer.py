@@ -103,6 +103,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     rows_per_step = config.grpo.prompts_per_step * G
     parallel.check_batch_divides(rows_per_step // config.grpo.num_minibatches, mesh,
                                  "grpo.prompts_per_step x group_size / num_minibatches")
+    parallel.check_batch_divides(config.sampling.batch_size * jax.process_count(), mesh,
+                                 "sampling.batch_size (decode rows per host)")
 
     # ---- data
     # A prompt longer than the largest bucket is a malformed row, found now, not at a rollout.
@@ -137,13 +139,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         num_microbatches=config.grpo.num_minibatches * config.grpo.num_microbatches)
     triggers = tuple(config.dtr.triggers)
     tables = sampling.TriggerTables.from_tokenizer(tok, triggers, model_cfg.vocab_size)
-    sampler = sampling.Sampler(model_cfg, sampling.SamplerConfig.from_config(config, tok),
-                               tables, mesh)
+    sampler = sampling.make_sampler(config.sampling.engine, model_cfg,
+                            sampling.SamplerConfig.from_config(config, tok), tables,
+                            config.sampling.batch_size, mesh)
     eval_sampler = None
     if eval_problems:
-        eval_sampler = sampling.Sampler(
-            model_cfg, sampling.SamplerConfig.from_config(config, tok, evaluation=True), tables,
-            mesh)
+        eval_sampler = sampling.make_sampler(
+            config.sampling.engine, model_cfg,
+            sampling.SamplerConfig.from_config(config, tok, evaluation=True), tables,
+            config.eval.batch_size, mesh)
 
     # ---- restore, in this order: the workdir's latest checkpoint (a restarted run), else the
     # initial model of `checkpoint.initial_model` above (config.model_dir: HF weights or a
@@ -185,7 +189,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 if eval_sampler and ((every and done % every == 0) or done == config.total_steps):
                     result = evaluate.evaluate_problems(
                         eval_sampler, state.params, tok, eval_problems, config.eval.num_samples,
-                        config.eval.batch_size, grader, eval_rng, triggers)
+                        grader, eval_rng, triggers)
                     m.update({f"eval_{k}": v for k, v in result.items() if k != "records"})
                 if step % config.log.every_steps == 0 or done == config.total_steps:
                     last = writer.write(done, m)
@@ -209,16 +213,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return {"state": state, "model_config": model_cfg, "last_metrics": last}
 
 
-def rollout(config: ml_collections.ConfigDict, sampler: sampling.Sampler, tok, params,
-            problems: list[data.Problem], grader: grading.Grader, rng: jax.Array
+def rollout(config: ml_collections.ConfigDict, sampler: sampling.Engine | sampling.Sampler,
+            tok, params, problems: list[data.Problem], grader: grading.Grader, rng: jax.Array
             ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Samples G completions per problem, scores them and lays out this host's batch rows."""
     G, scfg = config.grpo.group_size, sampler.scfg
-    prompt_ids = [ids for p in problems for ids in [tokenizer.encode_problem(tok, p.problem)] * G]
-    chunk = config.sampling.batch_size
-    out = sampling.concat([
-        sampler(params, prompt_ids[i:i + chunk], jax.random.fold_in(rng, jax.device_put(i)))
-        for i in range(0, len(prompt_ids), chunk)])
+    prompts = [tokenizer.encode_problem(tok, p.problem) for p in problems]
+    prompt_ids = [ids for ids in prompts for _ in range(G)]
+    out = sampler.rollout(params, prompts, G, rng)
     completions = [out.tokens[i, :n] for i, n in enumerate(out.lengths)]
     texts = tok.batch_decode(completions, skip_special_tokens=False)
     reward_cfg = rewards.RewardConfig.from_config(config)
@@ -235,8 +237,12 @@ def rollout(config: ml_collections.ConfigDict, sampler: sampling.Sampler, tok, p
     batch = build_batch(prompt_ids, completions, train_mask, adv, prompt_len, response_len,
                         tok.pad_token_id)
     m = parallel.process_mean(rollout_metrics(out, info, scores, G), len(completions))
-    m.update(generated_tokens=parallel.process_sum(np.sum(out.lengths)),
-             grader_timeouts=parallel.process_sum(info["grader_timeouts"]))
+    generated = parallel.process_sum(np.sum(out.lengths))
+    m.update(generated_tokens=generated,
+             grader_timeouts=parallel.process_sum(info["grader_timeouts"]),
+             rollout_occupancy=generated / max(parallel.process_sum(out.row_steps), 1),
+             rollout_decode_steps=out.num_steps,
+             prefill_tokens=parallel.process_sum(out.prefill_tokens))
     return batch, m
 
 
