@@ -369,26 +369,31 @@ def make_update_step(model_cfg: ModelConfig, loss_cfg: LossConfig,
                      optimizer: optax.GradientTransformation, mesh: Mesh, *,
                      num_microbatches: int = 1, chunk_size: int = 512
                      ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """`update_step` jitted over `mesh`; the state is donated, metrics are device scalars."""
+    """`update_step` jitted over `mesh`; the state is donated, metrics are device scalars.
+    Call it, or `.lower()` it on abstract inputs for ahead-of-time compilation."""
     shardings = state_shardings(model_cfg, optimizer, mesh)
-    step = jax.jit(
-        functools.partial(update_step, model_cfg=model_cfg, loss_cfg=loss_cfg,
-                          optimizer=optimizer, num_microbatches=num_microbatches,
-                          chunk_size=chunk_size),
-        in_shardings=(shardings, batch_sharding(mesh)),
-        out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())),
-        donate_argnums=0)
+    step = functools.partial(update_step, model_cfg=model_cfg, loss_cfg=loss_cfg,
+                             optimizer=optimizer, num_microbatches=num_microbatches,
+                             chunk_size=chunk_size)
+    return jax.jit(_on_mesh(step, mesh), in_shardings=(shardings, batch_sharding(mesh)),
+                   out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())),
+                   donate_argnums=0)
 
-    def run(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        with jax.set_mesh(mesh):  # Activation constraints inside the model read this mesh.
-            return step(state, batch)
 
-    return run
+def _on_mesh(fn: Callable, mesh: Mesh) -> Callable:
+    """`fn` traced with `mesh` as the context that the model's activation constraints read,
+    so that its jit runs and lowers without the caller entering `jax.set_mesh`."""
+    @functools.wraps(fn)
+    def traced(*args):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args)
+    return traced
 
 
 def make_compute_logprobs(model_cfg: ModelConfig, mesh: Mesh, *, num_microbatches: int = 1,
                           chunk_size: int = 512) -> Callable[[Params, Batch], jax.Array]:
-    """Jitted `(params, batch) -> log-probs [B, T]`, zeroed where loss_mask is 0.
+    """Jitted `(params, batch) -> log-probs [B, T]`, zeroed where loss_mask is 0 (callable and
+    lowerable like `make_update_step`'s).
 
     For the old log-probs (current params) and the reference ones (frozen initial params).
     """
@@ -406,13 +411,8 @@ def make_compute_logprobs(model_cfg: ModelConfig, mesh: Mesh, *, num_microbatche
     rows = batch_sharding(mesh)
     param_shardings = parallel.tree_shardings(mesh, model.param_axes(model_cfg),
                                               model.abstract_params(model_cfg))
-    jitted = jax.jit(logprobs, in_shardings=(param_shardings, rows), out_shardings=rows)
-
-    def run(params: Params, batch: Batch) -> jax.Array:
-        with jax.set_mesh(mesh):
-            return jitted(params, batch)
-
-    return run
+    return jax.jit(_on_mesh(logprobs, mesh), in_shardings=(param_shardings, rows),
+                   out_shardings=rows)
 
 
 @functools.partial(jax.jit, static_argnums=1)

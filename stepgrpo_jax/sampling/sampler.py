@@ -87,6 +87,17 @@ class Sampler:
         num_steps = int(out.pop("num_steps"))
         return SampleOutput(**out, num_steps=num_steps)
 
+    def lower(self, params: Params, batch_size: int, prompt_len: int, rng: jax.Array
+              ) -> jax.stages.Lowered:
+        """The compiled program for a (global) batch of `batch_size` prompts padded to
+        `prompt_len`; `params` may be abstract (ShapeDtypeStructs with shardings), as for
+        ahead-of-time compilation (tools/aot_compile.py)."""
+        rows = parallel.named_sharding(self.mesh, ("act_batch",)) if self.mesh else None
+        ids = jax.ShapeDtypeStruct((batch_size, prompt_len), jnp.int32, sharding=rows)
+        lengths = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=rows)
+        with jax.set_mesh(self.mesh) if self.mesh else contextlib.nullcontext():
+            return self._generate.lower(params, self.tables, ids, lengths, rng)
+
     def _to_host(self, x: jax.Array) -> np.ndarray:
         """This process's rows (or the value, if replicated)."""
         if x.is_fully_addressable or x.is_fully_replicated:
