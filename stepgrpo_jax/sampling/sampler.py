@@ -116,15 +116,21 @@ def _constrain_cache(cache: model.KVCache) -> model.KVCache:
     return jax.tree.map(lambda x: parallel.constrain(x, model.KVCache.AXES), cache)
 
 
-def _generate(cfg: ModelConfig, scfg: SamplerConfig, params: Params, tables: TriggerTables,
-              ids: jax.Array, prompt_len: jax.Array, rng: jax.Array) -> dict[str, jax.Array]:
-    B, T = ids.shape
+def budget(scfg: SamplerConfig, tables: TriggerTables, prompt_len: int) -> tuple[int, int]:
+    """(KV cache slots per row, most decode iterations) of a batch padded to `prompt_len`."""
     R, dtr = scfg.max_new_tokens, scfg.dtr
     probe_slots = len(dtr.probe_ids) + dtr.probe_budget if dtr else 0
-    num_slots = T + R + probe_slots
     # Each probe costs its slots plus putting its trigger back (a few tokens).
     max_steps = R + (dtr.max_probes * (probe_slots + max(map(len, tables.triggers)) + 1)
                      if dtr else 0)
+    return prompt_len + R + probe_slots, max_steps
+
+
+def _generate(cfg: ModelConfig, scfg: SamplerConfig, params: Params, tables: TriggerTables,
+              ids: jax.Array, prompt_len: jax.Array, rng: jax.Array) -> dict[str, jax.Array]:
+    B, T = ids.shape
+    R = scfg.max_new_tokens
+    num_slots, max_steps = budget(scfg, tables, T)
 
     cache = _constrain_cache(model.init_cache(cfg, B, num_slots, jnp.dtype(scfg.cache_dtype)))
     positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
