@@ -38,6 +38,7 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
 
@@ -45,6 +46,7 @@ from stepgrpo_jax import experiment, grpo, model, parallel, tokenizer, trainer  
 from stepgrpo_jax.sampling import sampler as sampler_lib  # noqa: E402
 
 GB = 1e9
+PROGRAMS = ("rollout", "logprobs", "update")
 HEADROOM = 0.10  # A program fits when its total leaves this fraction of HBM free.
 
 
@@ -80,7 +82,7 @@ SHAPES_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128:
 class Topology:
     name: str
     chip: Chip
-    devices: list
+    devices: tuple
     hosts: int  # Processes of the job: `sampling.batch_size` is per host.
 
 
@@ -115,7 +117,7 @@ def get_topology(name: str) -> Topology:
         chip_config_name="megacore" if chip.cores_in_name == 2 else "default",
         chips_per_host_bounds=per_host, num_slices=1,
         wrap=(min(dims) >= 4,) * chip.dims + (False,) * (3 - chip.dims)).devices
-    return Topology(name, chip, list(devices), len({d.process_index for d in devices}))
+    return Topology(name, chip, tuple(devices), len({d.process_index for d in devices}))
 
 
 # ----------------------------------------------------------------------------------- programs
@@ -143,63 +145,80 @@ def rows_batch(rows: int, prompt_len: int, response_len: int, sharding, logprobs
     return batch
 
 
-def build_programs(config, topo: Topology) -> dict[str, dict]:
-    """name -> {lower: () -> Lowered, resident: bytes per device held outside the program,
-    shapes: what the costs model needs}."""
-    mesh = parallel.make_mesh(tuple(config.mesh.shape), topo.devices)
-    shape_config = config.copy_and_resolve_references()
-    shape_config.model_dir = ""  # Shapes from the preset: nothing is loaded.
-    model_cfg, _ = experiment.load_initial_model(shape_config, mesh, None)
-    optimizer = experiment.make_optimizer(config)
-    loss_cfg = experiment.loss_config(config)
-    g = config.grpo
-    state_shardings = grpo.state_shardings(model_cfg, optimizer, mesh)
-    state = abstract(jax.eval_shape(lambda p: grpo.TrainState(
-        p, optimizer.init(p), jnp.zeros((), jnp.int32)), model.abstract_params(model_cfg)),
-        state_shardings)
-    params_bytes, state_bytes = device_bytes(state.params), device_bytes(state)
-    ref_bytes = params_bytes if loss_cfg.kl_coef > 0 else 0
-    prompt_len = max(config.sampling.prompt_buckets)
-    response_len = config.sampling.max_new_tokens
-    logprob_keys = ("old_logprobs",) + (("ref_logprobs",) if loss_cfg.kl_coef > 0 else ())
-    rows = grpo.batch_sharding(mesh)
-    step_rows = g.prompts_per_step * g.group_size
-    rollout_batch = rows_batch(step_rows, prompt_len, response_len, rows, logprob_keys)
-    minibatch = rows_batch(step_rows // g.num_minibatches, prompt_len, response_len, rows,
-                           logprob_keys)
-    shapes = dict(model=model_cfg, devices=len(topo.devices), prompt_len=prompt_len,
-                  response_len=response_len, tensor=mesh.shape["tensor"])
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A config's abstract run on a topology: its mesh, model, state and batches."""
 
-    tok = tokenizer.load(config.tokenizer_dir or config.model_dir or
-                         tokenizer.cached_qwen3_tokenizer())
-    sampler = experiment.make_sampler(config, tok, model_cfg, mesh)
-    sample_rows = config.sampling.batch_size * topo.hosts
-    rng = jax.ShapeDtypeStruct((), jax.eval_shape(jax.random.key, 0).dtype,
-                               sharding=jax.sharding.NamedSharding(mesh, jax.P()))
-    logprobs = grpo.make_compute_logprobs(model_cfg, mesh, chunk_size=g.logprob_chunk,
-                                          num_microbatches=g.num_minibatches * g.num_microbatches)
-    update = grpo.make_update_step(model_cfg, loss_cfg, optimizer, mesh,
-                                   num_microbatches=g.num_microbatches,
-                                   chunk_size=g.logprob_chunk)
-    rollout_only = {k: rollout_batch[k] for k in ("input_ids", "attention_mask", "loss_mask")}
-    return {
-        # The sampler reads the state's params; the optimiser state and reference stay.
-        "rollout": dict(lower=lambda: sampler.lower(state.params, sample_rows, prompt_len, rng),
-                        resident=state_bytes - params_bytes + ref_bytes,
-                        shapes=dict(shapes, kind="rollout", rows=sample_rows,
-                                    budget=sampler_lib.budget(sampler.scfg, sampler.tables,
-                                                              prompt_len))),
-        # The reference pass, the larger of the two: the whole state stays, old log-probs too.
-        "logprobs": dict(lower=lambda: logprobs.lower(state.params, rollout_only),
-                         resident=state_bytes + device_bytes(rollout_batch["old_logprobs"]),
-                         shapes=dict(shapes, kind="logprobs", rows=step_rows)),
-        # The rollout batch and its K mini-batches (`split_minibatches`) stay during updates.
-        "update": dict(lower=lambda: update.lower(state, minibatch),
-                       resident=ref_bytes + 2 * device_bytes(rollout_batch)
-                       - device_bytes(minibatch),
-                       shapes=dict(shapes, kind="update", rows=step_rows // g.num_minibatches,
-                                   microbatches=g.num_microbatches, remat=model_cfg.remat)),
-    }
+    config: ml_collections.ConfigDict
+    topo: Topology
+    mesh: jax.sharding.Mesh
+    model_cfg: model.ModelConfig
+    state: grpo.TrainState  # Of ShapeDtypeStructs with their shardings, as are the batches.
+    rollout_batch: dict  # A whole rollout step's rows with their log-probs.
+    minibatch: dict  # One update's rows.
+
+    @classmethod
+    def build(cls, config: ml_collections.ConfigDict, topo: Topology) -> Run:
+        mesh = parallel.make_mesh(tuple(config.mesh.shape), topo.devices)
+        shape_config = config.copy_and_resolve_references()
+        shape_config.model_dir = ""  # Shapes from the preset: nothing is loaded.
+        model_cfg, _ = experiment.load_initial_model(shape_config, mesh, None)
+        optimizer = experiment.make_optimizer(config)
+        state = abstract(jax.eval_shape(lambda p: grpo.TrainState(
+            p, optimizer.init(p), jnp.zeros((), jnp.int32)), model.abstract_params(model_cfg)),
+            grpo.state_shardings(model_cfg, optimizer, mesh))
+        g, kl = config.grpo, config.grpo.kl_coef > 0
+        logprob_keys = ("old_logprobs",) + (("ref_logprobs",) if kl else ())
+        shape = (max(config.sampling.prompt_buckets), config.sampling.max_new_tokens,
+                 grpo.batch_sharding(mesh), logprob_keys)
+        rows = g.prompts_per_step * g.group_size
+        return cls(config, topo, mesh, model_cfg, state, rows_batch(rows, *shape),
+                   rows_batch(rows // g.num_minibatches, *shape))
+
+    @property
+    def ref_bytes(self) -> int:
+        """The frozen reference params: a copy of the state's (kl_coef > 0 only)."""
+        return device_bytes(self.state.params) if self.config.grpo.kl_coef > 0 else 0
+
+    def program(self, name: str) -> tuple[jax.stages.Lowered, int, dict]:
+        """(lowered program, bytes per device that the loop holds outside it meanwhile, the
+        shapes that `model_costs` needs)."""
+        c, g, mesh, state = self.config, self.config.grpo, self.mesh, self.state
+        prompt_len = max(c.sampling.prompt_buckets)
+        shapes = dict(model=self.model_cfg, devices=len(self.topo.devices), tensor=mesh.shape[
+            "tensor"], prompt_len=prompt_len, response_len=c.sampling.max_new_tokens)
+        if name == "rollout":
+            tok = tokenizer.load(c.tokenizer_dir or c.model_dir or
+                                 tokenizer.cached_qwen3_tokenizer())
+            sampler = experiment.make_sampler(c, tok, self.model_cfg, mesh)
+            rows = c.sampling.batch_size * self.topo.hosts
+            rng = jax.ShapeDtypeStruct((), jax.eval_shape(jax.random.key, 0).dtype,
+                                       sharding=jax.sharding.NamedSharding(mesh, jax.P()))
+            # The sampler reads the state's params; the optimiser state and reference stay.
+            return (sampler.lower(state.params, rows, prompt_len, rng),
+                    device_bytes(state) - device_bytes(state.params) + self.ref_bytes,
+                    dict(shapes, kind=name, rows=rows,
+                         budget=sampler_lib.budget(sampler.scfg, sampler.tables, prompt_len)))
+        if name == "logprobs":
+            fn = grpo.make_compute_logprobs(
+                self.model_cfg, mesh, chunk_size=g.logprob_chunk,
+                num_microbatches=g.num_minibatches * g.num_microbatches)
+            batch = {k: self.rollout_batch[k] for k in ("input_ids", "attention_mask",
+                                                        "loss_mask")}
+            # The reference pass, the larger one: the whole state stays, old log-probs too.
+            return (fn.lower(state.params, batch),
+                    device_bytes(state) + device_bytes(self.rollout_batch["old_logprobs"]),
+                    dict(shapes, kind=name, rows=batch["input_ids"].shape[0]))
+        if name == "update":
+            fn = grpo.make_update_step(
+                self.model_cfg, experiment.loss_config(c), experiment.make_optimizer(c), mesh,
+                num_microbatches=g.num_microbatches, chunk_size=g.logprob_chunk)
+            # The rollout batch and its K mini-batches (`split_minibatches`) stay meanwhile.
+            held = 2 * device_bytes(self.rollout_batch) - device_bytes(self.minibatch)
+            return (fn.lower(state, self.minibatch), self.ref_bytes + held,
+                    dict(shapes, kind=name, rows=self.minibatch["input_ids"].shape[0],
+                         microbatches=g.num_microbatches, remat=self.model_cfg.remat))
+        raise ValueError(f"program {name!r}; expected one of {PROGRAMS}")
 
 
 def model_costs(s: dict, chip: Chip) -> dict:
@@ -236,25 +255,27 @@ def model_costs(s: dict, chip: Chip) -> dict:
                                                        nbytes / chip.bandwidth))
 
 
-def compile_program(name: str, program: dict, chip: Chip) -> dict:
+def compile_program(run: Run, name: str) -> dict:
+    """Compiles one program; its memory (bytes per device), FLOPs, roofline and compile time."""
+    chip = run.topo.chip
     t0 = time.perf_counter()
-    lowered = program["lower"]()
+    lowered, resident, shapes = run.program(name)
     compiled = lowered.compile()
     seconds = time.perf_counter() - t0
     m = compiled.memory_analysis()
     parts = dict(arguments=m.argument_size_in_bytes, outputs=m.output_size_in_bytes,
                  temporaries=m.temp_size_in_bytes, aliased=m.alias_size_in_bytes)
     peak = parts["arguments"] + parts["outputs"] + parts["temporaries"] - parts["aliased"]
-    total = peak + program["resident"]
+    total = peak + resident
     cost = compiled.cost_analysis() or {}
     if isinstance(cost, list):  # Older jax: one dict per program.
         cost = cost[0]
-    model_cost = model_costs(program["shapes"], chip)
+    model_cost = model_costs(shapes, chip)
     # XLA:TPU holds the arguments, the outputs and one block of temporaries at once: their sum
     # (less donated buffers) is the program's footprint. The compiler's own liveness peak
     # (`compiler_peak`) can be lower, as it does not count the block as a whole.
     return dict(program=name, **parts, peak=peak, compiler_peak=m.peak_memory_in_bytes,
-                resident=program["resident"], total=total,
+                resident=resident, total=total,
                 hbm=chip.hbm, fits=total <= (1 - HEADROOM) * chip.hbm,
                 xla_flops=cost.get("flops", 0.0), xla_bytes=cost.get("bytes accessed", 0.0),
                 **model_cost, compile_seconds=seconds)
@@ -299,7 +320,7 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="configs/X.py[:args]")
     parser.add_argument("--topology", required=True, help="e.g. v5p-64, v6e-32, v5p:2x2x1")
-    parser.add_argument("--programs", default="rollout,logprobs,update")
+    parser.add_argument("--programs", default=",".join(PROGRAMS))
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a config field, e.g. grpo.num_microbatches=10")
     parser.add_argument("--json", help="write the results here")
@@ -309,10 +330,10 @@ def main(argv=None) -> list[dict]:
     print(f"{args.config} on {topo.name}: {len(topo.devices)} x {topo.chip.kind} "
           f"({topo.hosts} hosts), mesh {tuple(config.mesh.shape)}")
     with parallel.logical_rules(experiment.mesh_rules(config)):
-        programs = build_programs(config, topo)
+        run = Run.build(config, topo)
         results = []
         for name in args.programs.split(","):
-            results.append(compile_program(name, programs[name], topo.chip))
+            results.append(compile_program(run, name))
             print_row(results[-1])
     if args.json:
         with open(args.json, "w") as f:
