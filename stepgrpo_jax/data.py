@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -39,6 +39,11 @@ class FieldMap:
     answer: str = "answer"
     answer_format: str = "plain"  # "gsm8k": the reference answer is the text after "####".
     response: str = ""  # Field of a reference response, for supervised training ("": none).
+
+    @classmethod
+    def from_config(cls, data: Mapping[str, Any]) -> FieldMap:
+        """The fields of a `config.data` section named like this class's."""
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
 
 class DataError(ValueError):
@@ -175,6 +180,20 @@ def load_problems(files: Sequence[str], fields: FieldMap = FieldMap(),
     for s in skipped:
         logging.warning("skipped malformed row %s", s)
     return _SortedSource(builder.as_data_source(split="train")), skipped
+
+
+def load_from_config(data: Mapping[str, Any], files: str | Sequence[str]):
+    """`load_problems` of `files` (a sequence, or a comma-separated string as a command-line
+    override gives) with the field mapping and options of a `config.data` section."""
+    return load_problems(as_list(files), FieldMap.from_config(data), data["skip_malformed"],
+                         data["cache_dir"] or None)
+
+
+def as_list(files: str | Sequence[str]) -> list[str]:
+    """Files as a sequence or a comma-separated string."""
+    if isinstance(files, str):
+        return [f for f in files.split(",") if f]
+    return list(files)
 
 
 def _sync_hosts(name: str) -> None:

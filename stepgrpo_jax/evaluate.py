@@ -15,7 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from stepgrpo_jax import data, experiment, parallel, rewards, sampling, tokenizer
+from stepgrpo_jax import checkpoint, data, parallel, rewards, sampling, tokenizer
 from stepgrpo_jax.model import Params
 
 
@@ -87,20 +87,23 @@ def format_table(results: dict[str, dict]) -> str:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Evaluates `config.model_dir` on every file of `config.eval.files`; writes the results
     (per benchmark: means and per-sample records) as JSON and prints a table."""
-    files = experiment.as_list(config.eval.files)
+    files = data.as_list(config.eval.files)
     if not files:
         raise ValueError("config.eval.files is empty: name the benchmark files to evaluate")
     if not config.model_dir:
         raise ValueError("config.model_dir is empty: name the model to evaluate")
-    mesh, rules = experiment.build_mesh(config), experiment.mesh_rules(config)
-    experiment.check_batch_divides(config.eval.batch_size, mesh, "eval.batch_size")
-    tok = experiment.load_tokenizer(config)
-    model_cfg, params = experiment.load_initial_model(config, mesh, rules)
-    sampler = experiment.make_sampler(config, tok, model_cfg, mesh, evaluation=True)
+    mesh = parallel.make_mesh(config.mesh.shape)
+    parallel.check_batch_divides(config.eval.batch_size, mesh, "eval.batch_size")
+    tok = tokenizer.load(config.tokenizer_dir or config.model_dir)
+    model_cfg, params = checkpoint.initial_model(config, mesh)
+    tables = sampling.TriggerTables.from_tokenizer(tok, tuple(config.dtr.triggers),
+                                                   model_cfg.vocab_size)
+    sampler = sampling.Sampler(
+        model_cfg, sampling.SamplerConfig.from_config(config, tok, evaluation=True), tables, mesh)
     results = {}
     with rewards.Grader(config.reward.grader_workers, config.reward.grader_timeout_s) as grader:
         for path in files:
-            source, _ = experiment.load_problem_files(config, [path])
+            source, _ = data.load_from_config(config.data, [path])
             problems = [source[i] for i in range(len(source))]
             if config.eval.max_problems:
                 problems = problems[:config.eval.max_problems]

@@ -1,7 +1,7 @@
 """The training loop: rollout -> rewards -> advantages -> K updates -> metrics -> checkpoint.
 
 Reads top to bottom in phases: mesh, model and tokenizer, data, state, step functions,
-restore, loop. `mode="sft"` swaps the rollout for supervised traces (see `sft.py`).
+restore, loop. Supervised warm start (`mode="sft"`) has its own loop in `sft.py`.
 """
 
 from __future__ import annotations
@@ -19,17 +19,27 @@ from absl import logging
 from tqdm import tqdm
 
 from stepgrpo_jax import (
+    checkpoint,
     data,
     evaluate,
-    experiment,
     grpo,
     parallel,
     rewards,
     sampling,
     tokenizer,
+    train_state,
 )
+from stepgrpo_jax.metrics import MetricsWriter
 
 # ----------------------------------------------------------------------------------- batches
+
+
+def padded_length(longest: int, bucket: int, limit: int) -> int:
+    """Columns of a batch whose longest row has `longest` tokens: rounded up to a multiple of
+    `bucket` (few shapes to compile), at most `limit`; `bucket` 0 always gives `limit`."""
+    if bucket <= 0:
+        return limit
+    return min(max(-(-longest // bucket), 1) * bucket, limit)
 
 
 def build_batch(prompts: list[list[int]], completions: list[np.ndarray],
@@ -98,55 +108,63 @@ class _Preempted:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Runs `config.mode` (grpo or sft) to `config.total_steps`, resuming from `workdir`."""
-    if config.mode == "sft":
-        from stepgrpo_jax import sft
-
-        return sft.train(config, workdir)
+    """Runs GRPO training to `config.total_steps`, resuming from `workdir`."""
     _check_workdir(workdir)
     # ---- mesh, model, tokenizer
-    mesh, rules = experiment.build_mesh(config), experiment.mesh_rules(config)
-    tok = experiment.load_tokenizer(config)
-    model_cfg, init_params = experiment.load_initial_model(config, mesh, rules)
+    mesh = parallel.make_mesh(config.mesh.shape)
+    tok = tokenizer.load(config.tokenizer_dir or config.model_dir)
+    model_cfg, init_params = checkpoint.initial_model(config, mesh)
     G = config.grpo.group_size
-    prompts_per_host = experiment.per_host(config.grpo.prompts_per_step, "grpo.prompts_per_step")
+    prompts_per_host = parallel.per_host(config.grpo.prompts_per_step, "grpo.prompts_per_step")
     rows_per_step = config.grpo.prompts_per_step * G
-    experiment.check_batch_divides(rows_per_step // config.grpo.num_minibatches, mesh,
-                                   "grpo.prompts_per_step x group_size / num_minibatches")
+    parallel.check_batch_divides(rows_per_step // config.grpo.num_minibatches, mesh,
+                                 "grpo.prompts_per_step x group_size / num_minibatches")
 
     # ---- data
-    source, skipped_rows = experiment.load_problem_files(config, config.data.train_files)
+    source, skipped_rows = data.load_from_config(config.data, config.data.train_files)
     eval_problems = []
-    if experiment.as_list(config.eval.files):
-        eval_source, _ = experiment.load_problem_files(config, config.eval.files)
+    if data.as_list(config.eval.files):
+        eval_source, _ = data.load_from_config(config.data, config.eval.files)
         eval_problems = [eval_source[i] for i in range(len(eval_source))]
         eval_problems = evaluate.host_share(eval_problems[:config.eval.max_problems or None])
-        experiment.check_batch_divides(config.eval.batch_size, mesh, "eval.batch_size")
+        parallel.check_batch_divides(config.eval.batch_size, mesh, "eval.batch_size")
 
     # ---- state (born sharded), step functions
-    optimizer = experiment.make_optimizer(config)
+    # Schedules count optimiser updates: num_minibatches per rollout step.
+    optimizer = train_state.optimizer_from_config(
+        config.optim, config.total_steps * config.grpo.num_minibatches)
     rng = jax.random.key(config.seed)
-    state = grpo.init_train_state(model_cfg, optimizer, mesh, rng=jax.random.fold_in(rng, 0),
-                                  params=init_params)
-    loss_cfg = experiment.loss_config(config)
+    state = train_state.init_train_state(model_cfg, optimizer, mesh,
+                                         rng=jax.random.fold_in(rng, 0), params=init_params)
+    loss_cfg = grpo.LossConfig.from_config(config)
     ref_params = None
     if loss_cfg.kl_coef > 0:  # The frozen initial model; a copy, since the state is donated.
         ref_params = jax.tree.map(jnp.copy, state.params)
     update = grpo.make_update_step(model_cfg, loss_cfg, optimizer, mesh,
                                    num_microbatches=config.grpo.num_microbatches,
-                                   chunk_size=config.grpo.logprob_chunk)
+                                   chunk_size=config.grpo.chunk_size)
     # Old and reference log-probs of a whole rollout, in pieces the size of one update's.
-    logprobs = grpo.make_compute_logprobs(
-        model_cfg, mesh, chunk_size=config.grpo.logprob_chunk,
+    logprobs = train_state.make_compute_logprobs(
+        model_cfg, mesh, chunk_size=config.grpo.chunk_size,
         num_microbatches=config.grpo.num_minibatches * config.grpo.num_microbatches)
-    sampler = experiment.make_sampler(config, tok, model_cfg, mesh)
     triggers = tuple(config.dtr.triggers)
-    eval_sampler = (experiment.make_sampler(config, tok, model_cfg, mesh, evaluation=True)
-                    if eval_problems else None)
+    tables = sampling.TriggerTables.from_tokenizer(tok, triggers, model_cfg.vocab_size)
+    sampler = sampling.Sampler(model_cfg, sampling.SamplerConfig.from_config(config, tok),
+                               tables, mesh)
+    eval_sampler = None
+    if eval_problems:
+        eval_sampler = sampling.Sampler(
+            model_cfg, sampling.SamplerConfig.from_config(config, tok, evaluation=True), tables,
+            mesh)
 
-    # ---- restore: this workdir's latest checkpoint, else the initial model
-    ckpt, state, start, stream, writer = experiment.resume(config, workdir, state, mesh,
-                                                           optimizer, model_cfg, source)
+    # ---- restore, in this order: the workdir's latest checkpoint (a restarted run), else the
+    # initial model of `checkpoint.initial_model` above (config.model_dir: HF weights or a
+    # checkpoint of ours), else the random init. The KL reference stays the initial model.
+    ckpt = checkpoint.Checkpoints.from_config(config.ckpt, workdir)
+    state, start, position = checkpoint.restore_train_state(ckpt, state)
+    stream = data.PromptStream(source, config.seed, config.data.shuffle, position)
+    writer = MetricsWriter(workdir, config.log.tensorboard)
+    writer.truncate_after(start)  # A resumed run rewrites the steps it repeats.
 
     # ---- loop
     preempted = _Preempted()
@@ -184,7 +202,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                          f"{done}; last metrics: {m}")
             if preempted.flag or done % config.ckpt.every_steps == 0 or \
                     done == config.total_steps:
-                experiment.save_train_state(ckpt, done, state, model_cfg, stream.position,
+                checkpoint.save_train_state(ckpt, done, state, model_cfg, stream.position,
                                             config.seed)
             if preempted.flag:
                 break
@@ -217,7 +235,7 @@ def rollout(config: ml_collections.ConfigDict, sampler: sampling.Sampler, tok, p
                   for i, n in enumerate(out.lengths)]
     prompt_len = scfg.bucket(parallel.process_max(max(map(len, prompt_ids))))
     # Responses pad to the step's longest, bucketed: no columns that are all padding.
-    response_len = experiment.padded_length(parallel.process_max(int(out.lengths.max())),
+    response_len = padded_length(parallel.process_max(int(out.lengths.max())),
                                             config.grpo.response_bucket, scfg.max_new_tokens)
     batch = build_batch(prompt_ids, completions, train_mask, adv, prompt_len, response_len,
                         tok.pad_token_id)

@@ -16,7 +16,7 @@ SHRINK = {
     "model.overrides.num_kv_heads": 1, "model.overrides.head_dim": 16,
     "sampling.max_new_tokens": 32, "sampling.batch_size": 16, "grpo.prompts_per_step": 8,
     "grpo.group_size": 2, "grpo.num_minibatches": 2, "dtr.probe_budget": 6,
-    "dtr.forced_exit_margin": 2, "eval.max_new_tokens": 32, "eval.batch_size": 8,
+    "dtr.exit_margin": 2, "eval.max_new_tokens": 32, "eval.batch_size": 8,
     "ckpt.async_save": False, "reward.grader_workers": 1,
 }
 

@@ -230,9 +230,10 @@ def test_logical_rules_context_overrides_defaults():
         with parallel.logical_rules({"mlp": ()}):  # Nested blocks add to the outer one.
             spec = parallel.logical_to_spec(("embed", "mlp"), (8, 8), mesh)
             assert spec == jax.sharding.PartitionSpec("tensor", None)
-        # Explicit rules still win; constrain (inside jit, under the mesh) uses the context too.
-        spec = parallel.logical_to_spec(("embed",), (8,), mesh, rules={"embed": ("data",)})
-        assert spec == jax.sharding.PartitionSpec("data")
+        with parallel.logical_rules({"embed": ["data"]}):  # An inner block wins (lists too).
+            assert parallel.logical_to_spec(("embed",), (8,), mesh) == \
+                jax.sharding.PartitionSpec("data")
+        # constrain (inside jit, under the mesh) uses the context too.
         with jax.set_mesh(mesh):
             x = jax.jit(lambda x: parallel.constrain(x * 2, ("embed",)))(jnp.ones(8))
         assert x.sharding.spec == jax.sharding.PartitionSpec("tensor")

@@ -22,7 +22,7 @@ def _config(testbed_dir, steps):
     c.mode = "sft"
     c.total_steps = steps
     c.data.train_files = (f"{testbed_dir}/sft.jsonl",)
-    c.data.response_field = "response"
+    c.data.response = "response"
     c.sft.batch_size = 8
     c.optim.learning_rate = 3e-3
     c.ckpt.every_steps = 3

@@ -175,11 +175,11 @@ def test_missing_model_directory(testbed_dir, tmp_path):
     assert r.returncode != 0 and f"{tmp_path}/nope: no such model directory" in r.stderr
 
 
-def test_mistyped_override_lists_valid_keys(testbed_dir, tmp_path):
+def test_mistyped_override_says_did_you_mean(testbed_dir, tmp_path):
     r = _main(testbed_dir, str(tmp_path / "w"), "grpo.grup_size=4", check=False)
-    assert r.returncode != 0
-    assert "unknown override --config.grpo.grup_size" in r.stderr
-    assert "'group_size'" in r.stderr and "'kl_coef'" in r.stderr
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "no such config field 'grup_size'" in r.stderr
+    assert 'Did you mean "group_size" instead of "grup_size"?' in r.stderr
 
 
 def test_batch_that_does_not_divide_over_the_mesh(testbed_dir, tmp_path):
@@ -218,8 +218,7 @@ def test_failed_save_leaves_no_partial_latest_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     reopened = checkpoint.Checkpoints(str(tmp_path / "c"), async_save=False)
     assert reopened.latest_step() == 1
-    _, _, meta = reopened.restore(None, jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), params))
+    _, _, meta = reopened.restore(None, checkpoint.abstract(params))
     assert meta["step"] == 1
 
 
@@ -244,16 +243,16 @@ def test_periodic_evaluation_is_logged(testbed_dir, tmp_path):
 
 
 def test_update_batches_pad_responses_to_a_bucket():
-    from stepgrpo_jax import experiment, trainer
+    from stepgrpo_jax import trainer
 
-    assert experiment.padded_length(70, 64, 256) == 128
-    assert experiment.padded_length(64, 64, 256) == 64
-    assert experiment.padded_length(250, 64, 256) == 256  # Never past the sampling budget.
-    assert experiment.padded_length(0, 64, 256) == 64
-    assert experiment.padded_length(70, 0, 256) == 256  # 0: always the budget.
+    assert trainer.padded_length(70, 64, 256) == 128
+    assert trainer.padded_length(64, 64, 256) == 64
+    assert trainer.padded_length(250, 64, 256) == 256  # Never past the sampling budget.
+    assert trainer.padded_length(0, 64, 256) == 64
+    assert trainer.padded_length(70, 0, 256) == 256  # 0: always the budget.
     batch = trainer.build_batch(
         [[5, 6], [7]], [np.array([1, 2, 3]), np.array([4])], [np.ones(3), np.array([0.0])],
-        np.array([0.5, -0.5]), prompt_len=3, response_len=experiment.padded_length(3, 4, 16),
+        np.array([0.5, -0.5]), prompt_len=3, response_len=trainer.padded_length(3, 4, 16),
         pad_id=0)
     np.testing.assert_array_equal(batch["input_ids"],
                                   [[0, 5, 6, 1, 2, 3, 0], [0, 0, 7, 4, 0, 0, 0]])

@@ -40,9 +40,19 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
 
-from stepgrpo_jax import experiment, grpo, model, parallel, tokenizer, trainer  # noqa: E402
+from stepgrpo_jax import (  # noqa: E402
+    checkpoint,
+    grpo,
+    model,
+    parallel,
+    sampling,
+    tokenizer,
+    train_state,
+    trainer,
+)
 from stepgrpo_jax.sampling import sampler as sampler_lib  # noqa: E402
 
 GB = 1e9
@@ -128,11 +138,6 @@ def device_bytes(tree) -> int:
                for x in jax.tree.leaves(tree))
 
 
-def abstract(tree, shardings):
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        tree, shardings)
-
-
 def rows_batch(rows: int, prompt_len: int, response_len: int, sharding, logprobs: tuple[str, ...]):
     """The abstract update batch (`trainer.build_batch`'s layout plus the log-prob columns)."""
     one = trainer.build_batch([[1]], [np.ones(1, np.int32)], [np.ones(1)], np.zeros(1),
@@ -153,7 +158,8 @@ class Run:
     topo: Topology
     mesh: jax.sharding.Mesh
     model_cfg: model.ModelConfig
-    state: grpo.TrainState  # Of ShapeDtypeStructs with their shardings, as are the batches.
+    optimizer: optax.GradientTransformation
+    state: train_state.TrainState  # ShapeDtypeStructs with their shardings, as the batches.
     rollout_batch: dict  # A whole rollout step's rows with their log-probs.
     minibatch: dict  # One update's rows.
 
@@ -162,17 +168,18 @@ class Run:
         mesh = parallel.make_mesh(tuple(config.mesh.shape), topo.devices)
         shape_config = config.copy_and_resolve_references()
         shape_config.model_dir = ""  # Shapes from the preset: nothing is loaded.
-        model_cfg, _ = experiment.load_initial_model(shape_config, mesh, None)
-        optimizer = experiment.make_optimizer(config)
-        state = abstract(jax.eval_shape(lambda p: grpo.TrainState(
+        model_cfg, _ = checkpoint.initial_model(shape_config, mesh)
+        optimizer = train_state.optimizer_from_config(
+            config.optim, config.total_steps * config.grpo.num_minibatches)
+        state = checkpoint.abstract(jax.eval_shape(lambda p: train_state.TrainState(
             p, optimizer.init(p), jnp.zeros((), jnp.int32)), model.abstract_params(model_cfg)),
-            grpo.state_shardings(model_cfg, optimizer, mesh))
+            train_state.state_shardings(model_cfg, optimizer, mesh))
         g, kl = config.grpo, config.grpo.kl_coef > 0
         logprob_keys = ("old_logprobs",) + (("ref_logprobs",) if kl else ())
         shape = (max(config.sampling.prompt_buckets), config.sampling.max_new_tokens,
-                 grpo.batch_sharding(mesh), logprob_keys)
+                 train_state.batch_sharding(mesh), logprob_keys)
         rows = g.prompts_per_step * g.group_size
-        return cls(config, topo, mesh, model_cfg, state, rows_batch(rows, *shape),
+        return cls(config, topo, mesh, model_cfg, optimizer, state, rows_batch(rows, *shape),
                    rows_batch(rows // g.num_minibatches, *shape))
 
     @property
@@ -190,7 +197,10 @@ class Run:
         if name == "rollout":
             tok = tokenizer.load(c.tokenizer_dir or c.model_dir or
                                  tokenizer.cached_qwen3_tokenizer())
-            sampler = experiment.make_sampler(c, tok, self.model_cfg, mesh)
+            tables = sampling.TriggerTables.from_tokenizer(tok, tuple(c.dtr.triggers),
+                                                           self.model_cfg.vocab_size)
+            sampler = sampling.Sampler(self.model_cfg, sampling.SamplerConfig.from_config(c, tok),
+                                       tables, mesh)
             rows = c.sampling.batch_size * self.topo.hosts
             rng = jax.ShapeDtypeStruct((), jax.eval_shape(jax.random.key, 0).dtype,
                                        sharding=jax.sharding.NamedSharding(mesh, jax.P()))
@@ -200,8 +210,8 @@ class Run:
                     dict(shapes, kind=name, rows=rows,
                          budget=sampler_lib.budget(sampler.scfg, sampler.tables, prompt_len)))
         if name == "logprobs":
-            fn = grpo.make_compute_logprobs(
-                self.model_cfg, mesh, chunk_size=g.logprob_chunk,
+            fn = train_state.make_compute_logprobs(
+                self.model_cfg, mesh, chunk_size=g.chunk_size,
                 num_microbatches=g.num_minibatches * g.num_microbatches)
             batch = {k: self.rollout_batch[k] for k in ("input_ids", "attention_mask",
                                                         "loss_mask")}
@@ -211,8 +221,8 @@ class Run:
                     dict(shapes, kind=name, rows=batch["input_ids"].shape[0]))
         if name == "update":
             fn = grpo.make_update_step(
-                self.model_cfg, experiment.loss_config(c), experiment.make_optimizer(c), mesh,
-                num_microbatches=g.num_microbatches, chunk_size=g.logprob_chunk)
+                self.model_cfg, grpo.LossConfig.from_config(c), self.optimizer, mesh,
+                num_microbatches=g.num_microbatches, chunk_size=g.chunk_size)
             # The rollout batch and its K mini-batches (`split_minibatches`) stay meanwhile.
             held = 2 * device_bytes(self.rollout_batch) - device_bytes(self.minibatch)
             return (fn.lower(state, self.minibatch), self.ref_bytes + held,
@@ -329,7 +339,7 @@ def main(argv=None) -> list[dict]:
     topo = get_topology(args.topology)
     print(f"{args.config} on {topo.name}: {len(topo.devices)} x {topo.chip.kind} "
           f"({topo.hosts} hosts), mesh {tuple(config.mesh.shape)}")
-    with parallel.logical_rules(experiment.mesh_rules(config)):
+    with parallel.logical_rules(config.mesh.rules):
         run = Run.build(config, topo)
         results = []
         for name in args.programs.split(","):

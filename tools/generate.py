@@ -70,20 +70,15 @@ def prompt_ids(args: argparse.Namespace, tok, vocab_size: int) -> list[int]:
 
 
 def sampler_config(args: argparse.Namespace, tok, prompt_len: int) -> sampling.SamplerConfig:
-    def token_id(text: str) -> int | None:
-        i = tok.convert_tokens_to_ids(text)
-        return None if i is None or i == tok.unk_token_id else i
-
-    eos_ids = tuple(sorted({i for i in (tok.eos_token_id, token_id("<|im_end|>"),
-                                        token_id("<|endoftext|>")) if i is not None}))
-    think_end = token_id("</think>")
+    think_end = tok.convert_tokens_to_ids("</think>")
+    think_end = None if think_end == tok.unk_token_id else think_end
     if args.dtr and think_end is None:
         raise ValueError("--dtr needs a tokenizer with a </think> token")
     return sampling.SamplerConfig(
         max_new_tokens=args.max_new_tokens,
         prompt_buckets=(max(16, 1 << (prompt_len - 1).bit_length()),),
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-        cache_dtype=args.dtype, eos_ids=eos_ids,
+        cache_dtype=args.dtype, eos_ids=tokenizer.stop_ids(tok, args.model_dir),
         think_end_id=-1 if think_end is None else think_end,
         pad_id=tok.pad_token_id or 0,
         dtr=(sampling.DTRConfig.from_tokenizer(tok, threshold=args.dtr_threshold)
