@@ -43,13 +43,13 @@ class Setup:
 # data x fsdp devices. GPU setups are estimates (docs/scale.md); TPU ones are compiled.
 SETUPS: dict[tuple[str, str], Setup] = {
     ("1.7b", "gpu8"): Setup((1, 8, 1), 128, 80),
-    ("4b", "gpu8"): Setup((1, 8, 1), 96, 80),
+    ("4b", "gpu8"): Setup((1, 8, 1), 128, 80),
     ("8b", "gpu8"): Setup((1, 4, 2), 64, 80),
-    ("1.7b", "v5p-32"): Setup((1, -1, 1), 64, 20),
-    ("4b", "v5p-32"): Setup((1, -1, 1), 48, 20),
-    ("8b", "v5p-64"): Setup((1, -1, 2), 32, 20),
-    ("8b", "v6e-32"): Setup((1, -1, 2), 32, 20),
-    ("32b", "v5p-64"): Setup((1, -1, 4), 16, 20),
+    ("1.7b", "v5p-16"): Setup((1, -1, 1), 80, 20),
+    ("4b", "v5p-32"): Setup((1, -1, 1), 64, 20),
+    ("8b", "v5p-64"): Setup((1, -1, 2), 64, 20),
+    ("8b", "v6e-32"): Setup((1, -1, 2), 32, 40),
+    ("32b", "v5p-32"): Setup((1, -1, 4), 32, 160),
 }
 PLATFORMS = tuple(sorted({platform for _, platform in SETUPS}))
 
