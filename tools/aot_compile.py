@@ -187,13 +187,15 @@ class Run:
         """The frozen reference params: a copy of the state's (kl_coef > 0 only)."""
         return device_bytes(self.state.params) if self.config.grpo.kl_coef > 0 else 0
 
-    def program(self, name: str) -> tuple[jax.stages.Lowered, int, dict]:
-        """(lowered program, bytes per device that the loop holds outside it meanwhile, the
-        shapes that `model_costs` needs)."""
+    def program(self, name: str) -> tuple[jax.stages.Lowered, int, dict, dict]:
+        """(lowered program, bytes per device that the loop holds outside it meanwhile, what
+        the device holds during it by kind, the shapes that `model_costs` needs)."""
         c, g, mesh, state = self.config, self.config.grpo, self.mesh, self.state
         prompt_len = max(c.sampling.prompt_buckets)
         shapes = dict(model=self.model_cfg, devices=len(self.topo.devices), tensor=mesh.shape[
             "tensor"], prompt_len=prompt_len, response_len=c.sampling.max_new_tokens)
+        params, opt = device_bytes(state.params), device_bytes(state.opt_state)
+        held = dict(params=params, optimizer=opt, reference=self.ref_bytes)
         if name == "rollout":
             tok = tokenizer.load(c.tokenizer_dir or c.model_dir or
                                  tokenizer.cached_qwen3_tokenizer())
@@ -202,13 +204,18 @@ class Run:
             sampler = sampling.Sampler(self.model_cfg, sampling.SamplerConfig.from_config(c, tok),
                                        tables, mesh)
             rows = c.sampling.batch_size * self.topo.hosts
+            slots, steps = sampler_lib.budget(sampler.scfg, tables, prompt_len)
+            cache = jax.eval_shape(lambda: model.init_cache(self.model_cfg, rows, slots,
+                                                            jnp.dtype(c.sampling.cache_dtype)))
+            cache = checkpoint.abstract(cache, jax.tree.map(
+                lambda x: parallel.named_sharding(mesh, model.KVCache.AXES, x.shape), cache))
             rng = jax.ShapeDtypeStruct((), jax.eval_shape(jax.random.key, 0).dtype,
                                        sharding=jax.sharding.NamedSharding(mesh, jax.P()))
             # The sampler reads the state's params; the optimiser state and reference stay.
             return (sampler.lower(state.params, rows, prompt_len, rng),
-                    device_bytes(state) - device_bytes(state.params) + self.ref_bytes,
-                    dict(shapes, kind=name, rows=rows,
-                         budget=sampler_lib.budget(sampler.scfg, sampler.tables, prompt_len)))
+                    device_bytes(state) - params + self.ref_bytes,
+                    dict(held, kv_cache=device_bytes(cache)),
+                    dict(shapes, kind=name, rows=rows, budget=(slots, steps)))
         if name == "logprobs":
             fn = train_state.make_compute_logprobs(
                 self.model_cfg, mesh, chunk_size=g.chunk_size,
@@ -216,16 +223,19 @@ class Run:
             batch = {k: self.rollout_batch[k] for k in ("input_ids", "attention_mask",
                                                         "loss_mask")}
             # The reference pass, the larger one: the whole state stays, old log-probs too.
-            return (fn.lower(state.params, batch),
-                    device_bytes(state) + device_bytes(self.rollout_batch["old_logprobs"]),
+            resident = device_bytes(state) + device_bytes(self.rollout_batch["old_logprobs"])
+            return (fn.lower(state.params, batch), resident,
+                    dict(held, batches=resident - device_bytes(state) + device_bytes(batch)),
                     dict(shapes, kind=name, rows=batch["input_ids"].shape[0]))
         if name == "update":
             fn = grpo.make_update_step(
                 self.model_cfg, grpo.LossConfig.from_config(c), self.optimizer, mesh,
                 num_microbatches=g.num_microbatches, chunk_size=g.chunk_size)
             # The rollout batch and its K mini-batches (`split_minibatches`) stay meanwhile.
-            held = 2 * device_bytes(self.rollout_batch) - device_bytes(self.minibatch)
-            return (fn.lower(state, self.minibatch), self.ref_bytes + held,
+            batches = 2 * device_bytes(self.rollout_batch)
+            return (fn.lower(state, self.minibatch),
+                    self.ref_bytes + batches - device_bytes(self.minibatch),
+                    dict(held, batches=batches),
                     dict(shapes, kind=name, rows=self.minibatch["input_ids"].shape[0],
                          microbatches=g.num_microbatches, remat=self.model_cfg.remat))
         raise ValueError(f"program {name!r}; expected one of {PROGRAMS}")
@@ -269,7 +279,7 @@ def compile_program(run: Run, name: str) -> dict:
     """Compiles one program; its memory (bytes per device), FLOPs, roofline and compile time."""
     chip = run.topo.chip
     t0 = time.perf_counter()
-    lowered, resident, shapes = run.program(name)
+    lowered, resident, held, shapes = run.program(name)
     compiled = lowered.compile()
     seconds = time.perf_counter() - t0
     m = compiled.memory_analysis()
@@ -284,8 +294,11 @@ def compile_program(run: Run, name: str) -> dict:
     # XLA:TPU holds the arguments, the outputs and one block of temporaries at once: their sum
     # (less donated buffers) is the program's footprint. The compiler's own liveness peak
     # (`compiler_peak`) can be lower, as it does not count the block as a whole.
+    # What the total holds; "activations" is the rest: activations, gathered weights, the
+    # gradient accumulator, logits, XLA's scratch.
+    split = dict(held, activations=total - sum(held.values()))
     return dict(program=name, **parts, peak=peak, compiler_peak=m.peak_memory_in_bytes,
-                resident=resident, total=total,
+                resident=resident, total=total, split=split,
                 hbm=chip.hbm, fits=total <= (1 - HEADROOM) * chip.hbm,
                 xla_flops=cost.get("flops", 0.0), xla_bytes=cost.get("bytes accessed", 0.0),
                 **model_cost, compile_seconds=seconds)
@@ -297,6 +310,7 @@ def print_row(r: dict) -> None:
           f"= peak {r['peak'] / GB:6.2f} GB; + resident {r['resident'] / GB:5.2f} = "
           f"{r['total'] / GB:6.2f} / {r['hbm'] / GB:.1f} GB HBM "
           f"({100 * r['total'] / r['hbm']:.0f}%) {'fits' if r['fits'] else 'DOES NOT FIT'}")
+    print(f"{'':9s} of which " + ", ".join(f"{k} {v / GB:.2f}" for k, v in r["split"].items()))
     print(f"{'':9s} FLOPs/device: XLA {r['xla_flops']:.3g} (loop bodies once), model "
           f"{r['flops']:.3g} (x{r['flops'] / max(r['xla_flops'], 1):.0f}); bytes: XLA "
           f"{r['xla_bytes']:.3g}, model {r['bytes']:.3g}; roofline {r['seconds']:.1f} s; "
