@@ -359,11 +359,28 @@ def main(argv=None) -> list[dict]:
         for name in args.programs.split(","):
             results.append(compile_program(run, name))
             print_row(results[-1])
+    step = step_seconds(config, topo, {r["program"]: r["seconds"] for r in results})
+    if step:
+        print("step (roofline, every row to the full budget): " +
+              " + ".join(f"{n} x {name} {sec:.0f} s" for name, (n, sec) in step.items()) +
+              f" = {sum(n * sec for n, sec in step.values()) / 60:.0f} min")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(config=args.config, topology=args.topology, results=results), f,
-                      indent=1)
+            json.dump(dict(config=args.config, topology=args.topology, results=results,
+                           step=step), f, indent=1)
     return results
+
+
+def step_seconds(config, topo: Topology, seconds: dict[str, float]) -> dict:
+    """program -> (runs per rollout step, roofline seconds of one), once all three compiled:
+    the sampler runs over this host's rows in calls of `sampling.batch_size`, log-probs run
+    for the old and (kl_coef > 0) the reference params, and K mini-batch updates follow."""
+    if set(seconds) != set(PROGRAMS):
+        return {}
+    g = config.grpo
+    calls = -(-g.prompts_per_step * g.group_size // topo.hosts // config.sampling.batch_size)
+    runs = dict(rollout=calls, logprobs=2 if g.kl_coef > 0 else 1, update=g.num_minibatches)
+    return {name: (runs[name], seconds[name]) for name in PROGRAMS}
 
 
 if __name__ == "__main__":
