@@ -75,7 +75,7 @@ class Chip:
 
 CHIPS = {
     "v4": Chip("TPU v4", 32 * 2**30, 275e12, 1200e9, cores_in_name=2, dims=3),
-    "v5e": Chip("TPU v5e", 16 * 2**30, 197e12, 819e9),
+    "v5e": Chip("TPU v5e", 16e9, 197e12, 819e9),
     "v5p": Chip("TPU v5p", 95e9, 459e12, 2765e9, cores_in_name=2, dims=3),
     "v6e": Chip("TPU v6e", 32e9, 918e12, 1640e9),
     "h100": Chip("H100 SXM", 80e9, 989e12, 3350e9),
@@ -118,15 +118,16 @@ def get_topology(name: str) -> Topology:
             raise ValueError(f"--topology {name!r}: {family} slices are {family}-N with N in "
                              f"{sizes}")
         shape = shapes[chips]
-    dims = [int(d) for d in shape.split("x")]
+    dims = ([int(d) for d in shape.split("x")] + [1])[:3]
     # A host drives a 2x2 block of chips (v5e/v6e-8 slices: one host with all 8).
     per_host = (2, 4, 1) if chip.dims == 2 and math.prod(dims) == 8 else (2, 2, 1)
-    per_host = tuple(min(p, d) for p, d in zip(per_host, dims + [1], strict=False))
+    # Wrap-around links: v4/v5p slices of 4x4x4 and up are tori; v5e/v6e along a side of 16.
+    wrap = [min(dims) >= 4] * 3 if chip.dims == 3 else [d == 16 for d in dims[:2]] + [False]
     devices = topologies.get_topology_desc(
         platform="tpu", topology_name=f"{family}:{shape}",
         chip_config_name="megacore" if chip.cores_in_name == 2 else "default",
-        chips_per_host_bounds=per_host, num_slices=1,
-        wrap=(min(dims) >= 4,) * chip.dims + (False,) * (3 - chip.dims)).devices
+        chips_per_host_bounds=tuple(min(p, d) for p, d in zip(per_host, dims, strict=True)),
+        num_slices=1, wrap=tuple(wrap)).devices
     return Topology(name, chip, tuple(devices), len({d.process_index for d in devices}))
 
 
