@@ -48,7 +48,7 @@ SETUPS: dict[tuple[str, str], Setup] = {
     ("1.7b", "v5p-16"): Setup((1, -1, 1), 80, 20),
     ("4b", "v5p-32"): Setup((1, -1, 1), 64, 20),
     ("8b", "v5p-64"): Setup((1, -1, 2), 64, 20),
-    ("8b", "v6e-32"): Setup((1, -1, 2), 32, 40),
+    ("8b", "v6e-32"): Setup((1, -1, 2), 16, 40),
     ("32b", "v5p-32"): Setup((1, -1, 4), 32, 160),
 }
 PLATFORMS = tuple(sorted({platform for _, platform in SETUPS}))
@@ -83,6 +83,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.grpo.prompts_per_step = 4
         c.grpo.num_minibatches = 2
         c.grpo.response_bucket = 32
+        # A chunk's float32 logits are [rows, chunk, 151,936]: 1024 would be 6 GB here.
+        c.grpo.chunk_size = 64
         c.eval.max_new_tokens = 64
         c.eval.batch_size = 8
         c.ckpt.every_steps = 2

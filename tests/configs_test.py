@@ -36,6 +36,9 @@ def test_runlocal_shrinks_to_a_cpu_run():
     assert model.num_params(cfg) < model.num_params(model.preset("qwen3-0.6b")) / 10
     assert local.sampling.max_new_tokens < full.sampling.max_new_tokens / 100
     assert local.grpo.prompts_per_step * local.grpo.group_size % local.sampling.batch_size == 0
+    rows = local.grpo.prompts_per_step * local.grpo.group_size // local.grpo.num_minibatches
+    logits = rows * local.grpo.chunk_size * cfg.vocab_size * 4  # A chunk's float32 logits.
+    assert logits < 1e9
 
 
 @pytest.mark.parametrize("arg,message", [
