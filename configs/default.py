@@ -8,6 +8,8 @@ Experiments start from this file and change a few lines:
 
 import ml_collections
 
+from stepgrpo_jax.sampling import config as sampling_config
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -56,12 +58,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.dtr.enabled = True  # False: plain sampling (steps are still counted).
     c.dtr.triggers = ("Wait",)  # Words that open a reasoning step.
     c.dtr.threshold = 0.95  # Exit thinking when probe confidence > threshold (strict).
-    c.dtr.probe_prompt = "\n**Final Answer**\n\\boxed"  # Appended to probe for an answer.
+    c.dtr.probe_prompt = sampling_config.PROBE_PROMPT  # Appended to probe for an answer.
     c.dtr.probe_budget = 20  # Greedy probe tokens before the probe counts as unsure.
     c.dtr.max_probes = 10  # Probes per completion; after that it runs free.
     c.dtr.think_budget_frac = 0.9  # Thinking budget = this x max_new_tokens.
     c.dtr.exit_margin = 50  # Within this many tokens of the budget, any probe exits.
-    c.dtr.exit_suffix = "\n</think>\n\n"  # Appended when a probe ends the thinking.
+    c.dtr.exit_suffix = sampling_config.EXIT_SUFFIX  # Appended when a probe ends the thinking.
     c.dtr.mask_forced = False  # True: appended (forced) tokens get no loss.
 
     c.reward = ml_collections.ConfigDict()

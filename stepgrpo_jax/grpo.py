@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
@@ -34,22 +35,35 @@ Metrics = train_state.Metrics
 SCALES = ("group", "batch", "none")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+K3_CLAMP = 10.0  # Bound of each token's k3 KL value (SPEC §5).
 
 
-def group_advantages(rewards: jax.Array, group_size: int, scale: str = "group",
-                     eps: float = 1e-6) -> jax.Array:
-    """A_i = (R_i - mean_G R) / (std R + eps), rewards laid out group after group.
+def equal_reward_groups(rewards: np.ndarray, group_size: int) -> np.ndarray:
+    """[num_groups] bool: the groups whose rewards are all equal (no learning signal)."""
+    r = np.asarray(rewards).reshape(-1, group_size)
+    return (r == r[:, :1]).all(axis=1)
+
+
+def group_advantages(rewards: np.ndarray, group_size: int, scale: str = "group",
+                     eps: float = 1e-6) -> np.ndarray:
+    """A_i = (R_i - mean_G R) / (std R + eps), rewards [N] laid out group after group; [N] float64.
 
     The std (Bessel-corrected) is the group's (`scale="group"`), the whole batch's ("batch"),
-    or no division at all ("none").
+    or no division at all ("none"). Computed on the host in float64, and a group whose rewards
+    are all equal gets exactly 0: otherwise the rounding residue of its mean, divided by a std of
+    the same size, becomes a full-size signal (eight rewards of 0.1 gave -0.0074 each in float32).
     """
     if scale not in SCALES:
         raise ValueError(f"scale={scale!r}; expected one of {SCALES}")
-    if group_size < 2 or rewards.shape[0] % group_size:
-        raise ValueError(f"{rewards.shape[0]} rewards do not split into groups of "
+    r = np.asarray(rewards, np.float64)
+    if r.ndim != 1 or group_size < 2 or r.shape[0] % group_size:
+        raise ValueError(f"rewards of shape {r.shape} do not split into groups of "
                          f"{group_size} (need group_size >= 2)")
-    r = jnp.asarray(rewards, jnp.float32).reshape(-1, group_size)
-    centred = r - r.mean(axis=1, keepdims=True)
+    if not np.isfinite(r).all():
+        raise ValueError(f"non-finite rewards: {r[~np.isfinite(r)][:8]}")
+    r = r.reshape(-1, group_size)
+    centred = np.where(equal_reward_groups(r, group_size)[:, None], 0.0,
+                       r - r.mean(axis=1, keepdims=True))
     if scale == "group":
         centred = centred / (r.std(axis=1, ddof=1, keepdims=True) + eps)
     elif scale == "batch":
@@ -102,13 +116,16 @@ class LossConfig:
 # ---------------------------------------------------------------------------------------------
 
 def kl_penalty(logp: jax.Array, ref_logp: jax.Array, cfg: LossConfig) -> jax.Array:
-    """Per-token estimate of KL(policy || reference) from sampled-token log-probs."""
+    """Per-token estimate of KL(policy || reference) from sampled-token log-probs; k3 is
+    clamped to [-K3_CLAMP, K3_CLAMP]."""
     if cfg.kl_estimator == "k1":
         return logp - ref_logp
     if cfg.kl_estimator == "k2":
         return 0.5 * jnp.square(logp - ref_logp)
     d = jnp.clip(ref_logp - logp, -cfg.logratio_clip, cfg.logratio_clip)
-    return jnp.exp(d) - d - 1.0
+    # Clamped per token as verl's low_var_kl does, so that one token far from the reference
+    # (log-ratio 12: e^12 - 13 = 162,741.8 before the clamp) cannot dominate the update.
+    return jnp.clip(jnp.exp(d) - d - 1.0, -K3_CLAMP, K3_CLAMP)
 
 
 def aggregation_totals(loss_mask: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Sequence
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import TikTokenConverter
@@ -56,6 +57,13 @@ def problem_prompt(problem: str) -> str:
 
 def encode_problem(tokenizer: PreTrainedTokenizerBase, problem: str) -> list[int]:
     return tokenizer.encode(problem_prompt(problem), add_special_tokens=False)
+
+
+def problem_prompt_lengths(tokenizer: PreTrainedTokenizerBase,
+                           problems: Sequence[str]) -> list[int]:
+    """len(encode_problem(tokenizer, p)) for every problem, in one batched call."""
+    prompts = [problem_prompt(p) for p in problems]
+    return [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
 
 
 def stop_ids(tok: PreTrainedTokenizerBase, model_dir: str | None = None) -> tuple[int, ...]:

@@ -6,8 +6,8 @@ restore, loop. Supervised warm start (`mode="sft"`) has its own loop in `sft.py`
 
 from __future__ import annotations
 
+import functools
 import os
-import signal
 import time
 from typing import Any
 
@@ -15,13 +15,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 from tqdm import tqdm
 
 from stepgrpo_jax import (
     checkpoint,
     data,
     evaluate,
+    grading,
     grpo,
     parallel,
     rewards,
@@ -72,7 +72,7 @@ def rollout_metrics(out: sampling.SampleOutput, info: dict[str, Any], scores: np
         "response_tokens_mean": float(np.mean(out.lengths)),
         "steps_mean": float(np.mean(info["steps"])),
         "probes_mean": float(np.mean(out.num_probes)),
-        "frac_reward_zero_std": float(np.mean(scores.reshape(-1, group_size).std(axis=1) == 0)),
+        "frac_reward_zero_std": float(np.mean(grpo.equal_reward_groups(scores, group_size))),
     }
     for i, name in enumerate(sampling.EXIT_REASONS):
         m[f"exit_frac_{name}"] = float(np.mean(reasons == i))
@@ -91,22 +91,6 @@ def update_metrics(per_minibatch: list[dict[str, jax.Array]]) -> dict[str, float
 # ----------------------------------------------------------------------------------- the loop
 
 
-class _Preempted:
-    """SIGTERM sets a flag; the loop saves a checkpoint and exits at the next step boundary."""
-
-    def __init__(self):
-        self.flag = False
-        self.previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        logging.warning("SIGTERM: saving a checkpoint and stopping after this step")
-        self.flag = True
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self.previous)
-
-
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs GRPO training to `config.total_steps`, resuming from `workdir`."""
     _check_workdir(workdir)
@@ -121,10 +105,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                  "grpo.prompts_per_step x group_size / num_minibatches")
 
     # ---- data
-    source, skipped_rows = data.load_from_config(config.data, config.data.train_files)
+    # A prompt longer than the largest bucket is a malformed row, found now, not at a rollout.
+    lengths = functools.partial(tokenizer.problem_prompt_lengths, tok)
+    longest = max(config.sampling.prompt_buckets)
+    source, skipped_rows = data.load_from_config(config.data, config.data.train_files, lengths,
+                                                 longest)
     eval_problems = []
     if data.as_list(config.eval.files):
-        eval_source, _ = data.load_from_config(config.data, config.eval.files)
+        eval_source, _ = data.load_from_config(config.data, config.eval.files, lengths, longest)
         eval_problems = [eval_source[i] for i in range(len(eval_source))]
         eval_problems = evaluate.host_share(eval_problems[:config.eval.max_problems or None])
         parallel.check_batch_divides(config.eval.batch_size, mesh, "eval.batch_size")
@@ -161,62 +149,70 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # initial model of `checkpoint.initial_model` above (config.model_dir: HF weights or a
     # checkpoint of ours), else the random init. The KL reference stays the initial model.
     ckpt = checkpoint.Checkpoints.from_config(config.ckpt, workdir)
-    state, start, position = checkpoint.restore_train_state(ckpt, state)
+    state, start, position = checkpoint.restore_train_state(ckpt, state, model_cfg)
     stream = data.PromptStream(source, config.seed, config.data.shuffle, position)
     writer = MetricsWriter(workdir, config.log.tensorboard)
     writer.truncate_after(start)  # A resumed run rewrites the steps it repeats.
 
     # ---- loop
-    preempted = _Preempted()
-    grader = rewards.Grader(config.reward.grader_workers, config.reward.grader_timeout_s)
+    preemption = checkpoint.Preemption(ckpt)
+    grader = grading.Grader(config.reward.grader_workers, config.reward.grader_timeout_s)
     bar = tqdm(range(start, config.total_steps), initial=start, total=config.total_steps,
                disable=jax.process_index() != 0, desc=f"{config.reward.kind}")
     skipped_in_row, last = 0, {}
+    # In the loop, every device -> host copy is explicit (device_get): an implicit one (np.asarray,
+    # float() of a device value) would stall the step unseen, so it is an error instead. Host ->
+    # device stays allowed for the small Python values of RNG folding.
     try:
-        for step in bar:
-            done = step + 1
-            t0 = time.perf_counter()
-            batch, m = rollout(config, sampler, tok, state.params, stream.take(prompts_per_host),
-                               grader, jax.random.fold_in(jax.random.fold_in(rng, 1), step))
-            t1 = time.perf_counter()
-            state, per_minibatch = grpo.train_on_rollout(
-                update, logprobs, state, parallel.host_to_global(batch, mesh),
-                config.grpo.num_minibatches, ref_params)
-            m.update(update_metrics(per_minibatch))  # Fetching them waits for the updates.
-            m.update(rollout_seconds=t1 - t0, update_seconds=time.perf_counter() - t1,
-                     tokens_per_second=m.pop("generated_tokens") / max(t1 - t0, 1e-9),
-                     data_skipped_rows=len(skipped_rows))
-            every = config.eval.every_steps
-            if eval_sampler and ((every and done % every == 0) or done == config.total_steps):
-                result = evaluate.evaluate_problems(
-                    eval_sampler, state.params, tok, eval_problems, config.eval.num_samples,
-                    config.eval.batch_size, grader, jax.random.fold_in(rng, 2), triggers)
-                m.update({f"eval_{k}": v for k, v in result.items() if k != "records"})
-            if step % config.log.every_steps == 0 or done == config.total_steps:
-                last = writer.write(done, m)
-                bar.set_postfix(reward=f"{m['reward_mean']:.3f}", acc=f"{m['acc_mean']:.2f}",
-                                tokens=f"{m['response_tokens_mean']:.0f}")
-            skipped_in_row = skipped_in_row + 1 if m["skipped"] else 0
-            if skipped_in_row >= config.optim.max_skipped:
-                raise FloatingPointError(f"{skipped_in_row} non-finite updates in a row at step "
-                                         f"{done}; last metrics: {m}")
-            if preempted.flag or done % config.ckpt.every_steps == 0 or \
-                    done == config.total_steps:
-                checkpoint.save_train_state(ckpt, done, state, model_cfg, stream.position,
-                                            config.seed)
-            if preempted.flag:
-                break
+        with jax.transfer_guard_device_to_host("disallow"):
+            for step in bar:
+                done = step + 1
+                t0 = time.perf_counter()
+                problems = stream.take(prompts_per_host)
+                batch, m = rollout(config, sampler, tok, state.params, problems, grader,
+                                   jax.random.fold_in(jax.random.fold_in(rng, 1), step))
+                t1 = time.perf_counter()
+                state, per_minibatch = grpo.train_on_rollout(
+                    update, logprobs, state, parallel.host_to_global(batch, mesh),
+                    config.grpo.num_minibatches, ref_params)
+                m.update(update_metrics(per_minibatch))  # Fetching them waits for the updates.
+                m.update(rollout_seconds=t1 - t0, update_seconds=time.perf_counter() - t1,
+                         tokens_per_second=m.pop("generated_tokens") / max(t1 - t0, 1e-9),
+                         data_skipped_rows=len(skipped_rows))
+                every = config.eval.every_steps
+                if eval_sampler and ((every and done % every == 0) or done == config.total_steps):
+                    result = evaluate.evaluate_problems(
+                        eval_sampler, state.params, tok, eval_problems, config.eval.num_samples,
+                        config.eval.batch_size, grader, jax.random.fold_in(rng, 2), triggers)
+                    m.update({f"eval_{k}": v for k, v in result.items() if k != "records"})
+                if step % config.log.every_steps == 0 or done == config.total_steps:
+                    last = writer.write(done, m)
+                    bar.set_postfix(reward=f"{m['reward_mean']:.3f}", acc=f"{m['acc_mean']:.2f}",
+                                    tokens=f"{m['response_tokens_mean']:.0f}")
+                skipped_in_row = skipped_in_row + 1 if m["skipped"] else 0
+                if skipped_in_row >= config.optim.max_skipped:
+                    raise FloatingPointError(f"{skipped_in_row} non-finite updates in a row at "
+                                             f"step {done}; last metrics: {m}")
+                preempted = preemption.reached(done)
+                if preempted or done % config.ckpt.every_steps == 0 or \
+                        done == config.total_steps:
+                    checkpoint.save_train_state(ckpt, done, state, model_cfg, stream.position,
+                                                config.seed)
+                if preempted:
+                    break
     finally:
-        preempted.restore()
+        preemption.close()
         grader.close()
         ckpt.wait()
         ckpt.close()
         writer.close()
+    if jax.process_index() == 0:
+        print(f"checkpoints in {ckpt.directory}, {writer.where()}")
     return {"state": state, "model_config": model_cfg, "last_metrics": last}
 
 
 def rollout(config: ml_collections.ConfigDict, sampler: sampling.Sampler, tok, params,
-            problems: list[data.Problem], grader: rewards.Grader, rng: jax.Array
+            problems: list[data.Problem], grader: grading.Grader, rng: jax.Array
             ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Samples G completions per problem, scores them and lays out this host's batch rows."""
     G, scfg = config.grpo.group_size, sampler.scfg
@@ -226,11 +222,11 @@ def rollout(config: ml_collections.ConfigDict, sampler: sampling.Sampler, tok, p
                            for i in range(0, len(prompt_ids), chunk)])
     completions = [out.tokens[i, :n] for i, n in enumerate(out.lengths)]
     texts = tok.batch_decode(completions, skip_special_tokens=False)
-    reward_cfg = dict(config.reward, overlong_max_len=scfg.max_new_tokens)
+    reward_cfg = rewards.RewardConfig.from_config(config)
     scores, info = rewards.score_completions(
-        texts, [p.answer for p in problems], out.lengths, G, config.reward.kind, reward_cfg,
-        grader, tuple(config.dtr.triggers))
-    adv = np.asarray(grpo.group_advantages(jnp.asarray(scores), G, config.grpo.adv_scale))
+        texts, [p.answer for p in problems], out.lengths, G, reward_cfg, grader,
+        tuple(config.dtr.triggers))
+    adv = grpo.group_advantages(scores, G, config.grpo.adv_scale)
     train_mask = [1.0 - out.forced[i, :n] if config.dtr.mask_forced else np.ones(n)
                   for i, n in enumerate(out.lengths)]
     prompt_len = scfg.bucket(parallel.process_max(max(map(len, prompt_ids))))

@@ -5,14 +5,14 @@ import dataclasses
 import pytest
 
 from configs import default
-from stepgrpo_jax import data, grpo, sampling
+from stepgrpo_jax import data, grpo, rewards, sampling
 
 CONFIG = default.get_config()
 
 
 @pytest.mark.parametrize("cls, section", [
     (grpo.LossConfig, "grpo"), (sampling.DTRConfig, "dtr"), (sampling.SamplerConfig, "sampling"),
-    (data.FieldMap, "data")])
+    (data.FieldMap, "data"), (rewards.RewardConfig, "reward")])
 def test_config_defaults_are_the_dataclass_defaults(cls, section):
     shared = [f for f in dataclasses.fields(cls) if f.name in CONFIG[section]]
     assert shared, f"no field of {cls.__name__} in config.{section}"

@@ -38,11 +38,49 @@ def test_group_advantages_match_numpy(scale):
     assert np.all(np.asarray(got)[10:15] == 0)
 
 
+@pytest.mark.parametrize("scale", grpo.SCALES)
+@pytest.mark.parametrize("group_size", [2, 3, 5, 8, 16, 64])
+@pytest.mark.parametrize("value", [0.1, -0.9, 0.7, 1.2080, 1e-8, -3.3, 123456.789, 0.0, 1 / 3])
+def test_equal_rewards_give_exactly_zero_advantage(scale, group_size, value):
+    # In float32 eight rewards of 0.1 gave -0.0074 each, five of -0.9 gave +0.056.
+    rewards = np.concatenate([np.full(group_size, value, np.float32),
+                              np.arange(group_size, dtype=np.float32) ** 2])  # Signal.
+    adv = grpo.group_advantages(rewards, group_size, scale)
+    assert np.all(adv[:group_size] == 0.0), adv[:group_size]
+    assert np.all(adv[group_size:] != 0.0)
+    np.testing.assert_array_equal(grpo.equal_reward_groups(rewards, group_size), [True, False])
+
+
+def test_group_advantages_of_jax_float32_array():
+    adv = grpo.group_advantages(jnp.full(8, 0.1), 8)
+    assert adv.dtype == np.float64 and np.all(adv == 0.0)
+
+
+def test_equal_reward_groups_counts_exactly_the_flat_groups():
+    rewards = np.array([0.1] * 5 + [0.1, 0.1, 0.1, 0.1, 0.1 + 1e-12] + [-0.9] * 5 + [1, 0, 1, 0, 1])
+    np.testing.assert_array_equal(grpo.equal_reward_groups(rewards, 5),
+                                  [True, False, True, False])
+
+
 def test_group_advantages_reject_bad_layouts():
     with pytest.raises(ValueError, match="groups of 3"):
         grpo.group_advantages(np.zeros(10), group_size=3)
     with pytest.raises(ValueError, match="scale"):
         grpo.group_advantages(np.zeros(10), group_size=5, scale="std")
+    with pytest.raises(ValueError, match="non-finite"):
+        grpo.group_advantages(np.array([0.0, np.nan]), group_size=2)
+
+
+@pytest.mark.parametrize("logp, ref, want", [
+    (-1.5, 10.5, 10.0),  # e^12 - 13 = 162,741.8 unclamped
+    (-30.0, 0.0, 10.0),  # beyond the log-ratio clip too
+    (0.0, 2.0, float(np.exp(2.0) - 3.0)),  # 4.389: inside the clamp, unchanged
+    (2.0, 0.0, float(np.exp(-2.0) + 1.0)),  # k3 >= 0 and small for negative log-ratios
+    (-1.0, -1.0, 0.0),
+])
+def test_k3_kl_is_clamped_per_token(logp, ref, want):
+    got = grpo.kl_penalty(jnp.array([logp]), jnp.array([ref]), grpo.LossConfig())
+    np.testing.assert_allclose(np.asarray(got), [want], rtol=1e-6)
 
 
 @pytest.mark.parametrize("bad", [dict(eps_low=1.0), dict(dual_clip=1.0), dict(kl_coef=-1.0),
@@ -64,9 +102,9 @@ def _numpy_loss(logp, old, ref, adv, mask, entropy, cfg):
     dual = (a < 0) & (pg > -a * cfg.dual_clip)
     pg = np.where(dual, -a * cfg.dual_clip, pg)
     d = logp - ref
+    k3_d = np.clip(-d, -cfg.logratio_clip, cfg.logratio_clip)
     kl = {"k1": d, "k2": 0.5 * d * d,
-          "k3": np.exp(np.clip(-d, -cfg.logratio_clip, cfg.logratio_clip))
-          - np.clip(-d, -cfg.logratio_clip, cfg.logratio_clip) - 1}[cfg.kl_estimator]
+          "k3": np.clip(np.exp(k3_d) - k3_d - 1, -10, 10)}[cfg.kl_estimator]
 
     def aggregate(x):
         if cfg.loss_agg == "token-mean":

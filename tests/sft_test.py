@@ -45,6 +45,7 @@ def test_rows_mask_the_response_only(testbed_dir):
         sft.encode_rows(tok, [p], max_len=16)
 
 
+@pytest.mark.slow
 def test_loss_falls_and_a_run_resumes(testbed_dir, tmp_path):
     workdir = str(tmp_path / "sft")
     sft.train(_config(testbed_dir, 6), workdir)

@@ -53,7 +53,7 @@ from stepgrpo_jax import (  # noqa: E402
     train_state,
     trainer,
 )
-from stepgrpo_jax.sampling import sampler as sampler_lib  # noqa: E402
+from stepgrpo_jax.sampling import decode  # noqa: E402
 
 GB = 1e9
 PROGRAMS = ("rollout", "logprobs", "update")
@@ -205,7 +205,8 @@ class Run:
             sampler = sampling.Sampler(self.model_cfg, sampling.SamplerConfig.from_config(c, tok),
                                        tables, mesh)
             rows = c.sampling.batch_size * self.topo.hosts
-            slots, steps = sampler_lib.budget(sampler.scfg, tables, prompt_len)
+            slots = decode.num_slots(sampler.scfg, prompt_len)
+            steps = decode.max_steps(sampler.scfg, tables)
             cache = jax.eval_shape(lambda: model.init_cache(self.model_cfg, rows, slots,
                                                             jnp.dtype(c.sampling.cache_dtype)))
             cache = checkpoint.abstract(cache, jax.tree.map(

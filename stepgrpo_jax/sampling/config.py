@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # Importing transformers costs seconds; only its type is used
 # How thinking ended (SPEC §3): `length` means the response budget ran out while still thinking.
 EXIT_REASONS = ("natural", "early_exit", "budget", "eos", "length")
 
+# SPEC §3's strings, defined here only (configs and the testbed import them).
 PROBE_PROMPT = "\n**Final Answer**\n\\boxed"
 EXIT_SUFFIX = "\n</think>\n\n"
 NATURAL_SUFFIX = "\n\n"  # Appended after the model's own `</think>`.
