@@ -1,7 +1,7 @@
 """Step-GRPO training, supervised warm start, evaluation or the demo, by `config.mode`.
 
   python main.py --config configs/demo.py --workdir /tmp/demo
-  python main.py --config configs/qwen3_8b_step_grpo.py --workdir gs://... \
+  python main.py --config configs/step_grpo.py:size=8b,platform=v5p-64 --workdir gs://... \
       --config.optim.learning_rate=2e-6
 """
 

@@ -87,6 +87,17 @@ class Sampler:
                 out, **{f: getattr(out, f)[:len(chunk)] for f in decode.PER_ROW}))
         return decode.concat(outs)
 
+    def lower(self, params: Params, batch_size: int, prompt_len: int, rng: jax.Array
+              ) -> jax.stages.Lowered:
+        """The program for a (global) batch of `batch_size` prompts padded to `prompt_len`;
+        `params` and `rng` may be abstract (ShapeDtypeStructs with shardings), as for
+        ahead-of-time compilation (tools/aot_compile.py)."""
+        rows = parallel.named_sharding(self.mesh, ("act_batch",)) if self.mesh else None
+        ids = jax.ShapeDtypeStruct((batch_size, prompt_len), jnp.int32, sharding=rows)
+        per_row = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=rows)
+        with jax.set_mesh(self.mesh) if self.mesh else contextlib.nullcontext():
+            return self._generate.lower(params, self.tables, ids, per_row, per_row, rng)
+
 
 def _generate(cfg: ModelConfig, scfg: SamplerConfig, params: Params, tables: TriggerTables,
               ids: jax.Array, prompt_len: jax.Array, request_ids: jax.Array, rng: jax.Array
