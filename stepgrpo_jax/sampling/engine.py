@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from stepgrpo_jax import model, parallel
 from stepgrpo_jax.model import ModelConfig, Params
@@ -120,22 +120,28 @@ class Engine:
                 group = request // G
                 # The groups that start now are prefilled once, before their first request.
                 for g in range(prefilled, int(group[rows].max(initial=-1)) + 1):
-                    buffer = self._prefill(params, buffer, ids[g:g + 1], lengths[g:g + 1],
-                                           np.int32(g % P))
+                    buffer = self._prefill(params, buffer, *self._put(
+                        ids[g:g + 1], lengths[g:g + 1], np.int32(g % P)))
                     prefilled = g + 1
                 # Saves every finished row's result (at the end: the last ones), starts the new.
-                pool, out = self._insert(self.tables, pool, out, buffer, fill, request,
-                                         (group % P).astype(np.int32), lengths[group], rng)
+                pool, out = self._insert(self.tables, pool, out, buffer, *self._put(
+                    fill, request, (group % P).astype(np.int32), lengths[group]), rng)
                 if not len(rows):  # A segment only returns with rows to refill, or all done.
                     break
                 pool, done = self._segment(params, self.tables, pool,
-                                           np.bool_(next_request < N))
+                                           self._put(np.bool_(next_request < N))[0])
                 done = jax.device_get(done.addressable_data(0))  # The one sync a segment.
             iterations = int(jax.device_get(pool.iterations.addressable_data(0)))
             result = {k: self._local(v, len(prompts) * G) for k, v in out.items()}
         return SampleOutput(**result, num_steps=iterations,
                             row_steps=B // jax.process_count() * iterations,
                             prefill_tokens=num_groups * T // jax.process_count())
+
+    def _put(self, *values: np.ndarray) -> tuple[jax.Array, ...]:
+        """Host values for the compiled calls, copied explicitly (replicated on the mesh): the
+        training loop forbids implicit copies."""
+        replicated = NamedSharding(self.mesh, PartitionSpec()) if self.mesh else None
+        return jax.device_put(values, replicated)
 
     def _local(self, x: jax.Array, n: int) -> np.ndarray:
         """This process's requests of a replicated [N, ...] output."""
