@@ -1,8 +1,9 @@
-"""HuggingFace Qwen3 directories <-> (ModelConfig, params).
+"""HuggingFace Qwen3, Qwen2 and Llama directories <-> (ModelConfig, params).
 
 The mapping is one table: our param name -> HF tensor name, plus how many leading axes of our
-array form HF's input dimension (HF stores `[out, in]` matrices; we store `[in, ...out]` with
-heads split out). Transposes and reshapes only, so a round trip is bitwise.
+array form HF's input dimension (HF stores `[out, in]` matrices and `[out]` biases; we store
+`[...in, ...out]` with heads split out). Transposes and reshapes only, so a round trip is
+bitwise. The three families share HF's tensor names; the config says which tensors exist.
 """
 
 from __future__ import annotations
@@ -24,20 +25,23 @@ from safetensors.numpy import save_file
 from stepgrpo_jax import model, parallel
 from stepgrpo_jax.model import ModelConfig, Params
 
-# Our name -> (HF name, with {i} for the layer index; leading axes that form HF's `in`, or 0
-# for tensors stored as they are).
-_TABLE: dict[str, tuple[str, int]] = {
-    "embed_tokens": ("model.embed_tokens.weight", 0),
-    "norm": ("model.norm.weight", 0),
+# Our name -> (HF name, with {i} for the layer index; leading axes that form HF's `in` (0 for
+# a bias, whose heads are flattened), or None for tensors stored as they are).
+_TABLE: dict[str, tuple[str, int | None]] = {
+    "embed_tokens": ("model.embed_tokens.weight", None),
+    "norm": ("model.norm.weight", None),
     "lm_head": ("lm_head.weight", 1),
-    "layers/input_layernorm": ("model.layers.{i}.input_layernorm.weight", 0),
+    "layers/input_layernorm": ("model.layers.{i}.input_layernorm.weight", None),
     "layers/q_proj": ("model.layers.{i}.self_attn.q_proj.weight", 1),
     "layers/k_proj": ("model.layers.{i}.self_attn.k_proj.weight", 1),
     "layers/v_proj": ("model.layers.{i}.self_attn.v_proj.weight", 1),
-    "layers/q_norm": ("model.layers.{i}.self_attn.q_norm.weight", 0),
-    "layers/k_norm": ("model.layers.{i}.self_attn.k_norm.weight", 0),
+    "layers/q_bias": ("model.layers.{i}.self_attn.q_proj.bias", 0),
+    "layers/k_bias": ("model.layers.{i}.self_attn.k_proj.bias", 0),
+    "layers/v_bias": ("model.layers.{i}.self_attn.v_proj.bias", 0),
+    "layers/q_norm": ("model.layers.{i}.self_attn.q_norm.weight", None),
+    "layers/k_norm": ("model.layers.{i}.self_attn.k_norm.weight", None),
     "layers/o_proj": ("model.layers.{i}.self_attn.o_proj.weight", 2),
-    "layers/post_attention_layernorm": ("model.layers.{i}.post_attention_layernorm.weight", 0),
+    "layers/post_attention_layernorm": ("model.layers.{i}.post_attention_layernorm.weight", None),
     "layers/gate_proj": ("model.layers.{i}.mlp.gate_proj.weight", 1),
     "layers/up_proj": ("model.layers.{i}.mlp.up_proj.weight", 1),
     "layers/down_proj": ("model.layers.{i}.mlp.down_proj.weight", 1),
@@ -48,17 +52,18 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
 
 
 class CheckpointError(ValueError):
-    """An HF directory that cannot be read as a Qwen3 model; the message names file and problem."""
+    """An HF directory that cannot be read as a supported model; the message names file and
+    problem."""
 
 
-def _to_ours(w: np.ndarray, n_in: int, shape: Sequence[int]) -> np.ndarray:
-    return w if n_in == 0 else w.T.reshape(shape)
+def _to_ours(w: np.ndarray, n_in: int | None, shape: Sequence[int]) -> np.ndarray:
+    return w if n_in is None else w.T.reshape(shape)
 
 
-def _to_hf(w: np.ndarray, n_in: int) -> np.ndarray:
-    if n_in == 0:
+def _to_hf(w: np.ndarray, n_in: int | None) -> np.ndarray:
+    if n_in is None:
         return w
-    return w.reshape(math.prod(w.shape[:n_in]), -1).T
+    return w.reshape(math.prod(w.shape[:n_in]), -1).T.reshape(_hf_shape(w.shape, n_in))
 
 
 def read_config(path: str) -> ModelConfig:
@@ -106,7 +111,7 @@ def _weight_files(path: str) -> dict[str, str]:
 def load_pretrained(path: str, dtype: Any = jnp.float32, mesh: Mesh | None = None,
                     rules: Mapping[str, Sequence[str]] | None = None
                     ) -> tuple[ModelConfig, Params]:
-    """Reads an HF Qwen3 directory (single-file or sharded safetensors).
+    """Reads an HF Qwen3, Qwen2 or Llama directory (single-file or sharded safetensors).
 
     `dtype` casts every tensor (None keeps the stored dtype). With a `mesh`, each param is
     placed with its logical-axis sharding; every process reads only what its devices hold.
@@ -127,7 +132,7 @@ def load_pretrained(path: str, dtype: Any = jnp.float32, mesh: Mesh | None = Non
     if unknown:
         more = " ..." if len(unknown) > 5 else ""
         raise CheckpointError(f"{path}: unexpected tensors {unknown[:5]}{more}; "
-                              "not a Qwen3 dense checkpoint")
+                              f"not a {cfg.family} dense checkpoint as config.json says")
     handles: dict[str, Any] = {}
 
     def read(name: str, shape: Sequence[int]) -> np.ndarray:
@@ -166,10 +171,11 @@ def load_pretrained(path: str, dtype: Any = jnp.float32, mesh: Mesh | None = Non
     return cfg, params
 
 
-def _hf_shape(shape: Sequence[int], n_in: int) -> tuple[int, ...]:
-    if n_in == 0:
+def _hf_shape(shape: Sequence[int], n_in: int | None) -> tuple[int, ...]:
+    """HF's `[out, in]` (or `[out]` when n_in is 0) for our `[...in, ...out]`."""
+    if n_in is None:
         return tuple(shape)
-    return (math.prod(shape[n_in:]), math.prod(shape[:n_in]))
+    return (math.prod(shape[n_in:]),) + ((math.prod(shape[:n_in]),) if n_in else ())
 
 
 def _layer_names(name: str, num_layers: int) -> list[str]:
@@ -211,7 +217,7 @@ def to_hf_tensors(cfg: ModelConfig, params: Params, dtype: Any = None) -> dict[s
 def save_pretrained(cfg: ModelConfig, params: Params, out_dir: str,
                     tokenizer_dir: str | None = None, dtype: Any = None,
                     max_shard_bytes: int = 2 * 1024**3) -> str:
-    """Writes an HF Qwen3 directory: safetensors shards (+ index), config.json,
+    """Writes an HF directory of `cfg.family`: safetensors shards (+ index), config.json,
     generation_config.json, and the tokenizer files of `tokenizer_dir` when given.
 
     `dtype` casts the weights (None keeps the params' dtype). Only process 0 writes.
@@ -245,8 +251,9 @@ def save_pretrained(cfg: ModelConfig, params: Params, out_dir: str,
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(model.to_hf_config(cfg, stored_dtype), f, indent=2)
     eos = list(e) if isinstance(e := cfg.eos_token_id, tuple) else e
-    generation = {"bos_token_id": cfg.bos_token_id, "eos_token_id": eos, "do_sample": True,
-                  "temperature": 0.6, "top_p": 0.95, "top_k": 20}  # Qwen3's thinking settings.
+    generation = {"bos_token_id": cfg.bos_token_id, "eos_token_id": eos}
+    if cfg.family == "qwen3":  # Qwen3's thinking settings.
+        generation.update(do_sample=True, temperature=0.6, top_p=0.95, top_k=20)
     with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
         json.dump(generation, f, indent=2)
     if tokenizer_dir is not None:
