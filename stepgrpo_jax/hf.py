@@ -1,4 +1,5 @@
-"""HuggingFace Qwen3, Qwen2 and Llama directories <-> (ModelConfig, params).
+"""HuggingFace Qwen3, Qwen2 and Llama directories <-> (ModelConfig, params); GGUF files ->
+HF directories.
 
 The mapping is one table: our param name -> HF tensor name, plus how many leading axes of our
 array form HF's input dimension (HF stores `[out, in]` matrices and `[out]` biases; we store
@@ -12,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -262,4 +264,43 @@ def save_pretrained(cfg: ModelConfig, params: Params, out_dir: str,
             raise CheckpointError(f"{tokenizer_dir}: no tokenizer files ({TOKENIZER_FILES})")
         for name in copied:
             shutil.copy(os.path.join(tokenizer_dir, name), os.path.join(out_dir, name))
+    return out_dir
+
+
+_GGUF_MAGIC = b"GGUF"  # The first four bytes of every GGUF file (gguf spec, "File Structure").
+
+
+def gguf_to_hf_dir(gguf_file: str, out_dir: str, dtype: str = "float32") -> str:
+    """Writes an HF directory (weights dequantized to `dtype`, config.json, tokenizer) from a
+    GGUF file, through transformers (which needs the `gguf` and `accelerate` packages).
+
+    Raises CheckpointError naming the file when it is missing, not a GGUF or unreadable, and
+    UnsupportedModelError, before writing anything, for a family the decoder lacks.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not os.path.isfile(gguf_file):
+        raise CheckpointError(f"{gguf_file}: no such file")
+    with open(gguf_file, "rb") as f:
+        magic = f.read(4)
+    if magic != _GGUF_MAGIC:
+        raise CheckpointError(f"{gguf_file}: not a GGUF file (starts with {magic!r}, "
+                              f"expected {_GGUF_MAGIC!r})")
+    folder, name = os.path.split(os.path.abspath(gguf_file))
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,
+                                                        dtype=getattr(torch, dtype))
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    # What the gguf reader and transformers raise on truncated or garbled files.
+    except (ValueError, KeyError, IndexError, OSError, RuntimeError, struct.error) as e:
+        raise CheckpointError(f"{gguf_file}: transformers cannot read it "
+                              f"({type(e).__name__}: {e})") from e
+    model.from_hf_config(hf_model.config.to_dict(), source=f"{gguf_file} (as HF config)")
+    # The weights are already dequantized; what remains of the GGUF quantization is bookkeeping
+    # that makes save_pretrained refuse to write them.
+    hf_model.hf_quantizer = None
+    del hf_model.config.quantization_config
+    hf_model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
     return out_dir

@@ -173,3 +173,17 @@ def test_unexpected_tensor(good_dir):
     save_file(tensors, file)
     with pytest.raises(CheckpointError, match="unexpected tensors.*q_proj.bias"):
         hf.load_pretrained(good_dir)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    (b"# not a model\n", r"not a GGUF file \(starts with b'# no'"),
+    (b"GGUF\x03\x00\x00\x00garbage", "transformers cannot read it"),  # Header cut short.
+])
+def test_gguf_bad_input(tmp_path, content, message):
+    path = tmp_path / "model.gguf"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=f"model.gguf: {message}"):
+        hf.gguf_to_hf_dir(str(path), str(tmp_path / "out"))
+    assert not os.path.exists(tmp_path / "out")
