@@ -1,7 +1,11 @@
-"""The Qwen3 decoder: shapes (`config`) and the functional model (`qwen3`)."""
+"""The decoder (Qwen3; Qwen2 and Llama by config switches): shapes (`config`), the functional
+model (`qwen3`), and its Flax NNX face (`nnx.Decoder`, imported on its own to keep Flax off the
+hot path's imports)."""
 
 from stepgrpo_jax.model.config import (
+    FAMILIES,
     PRESETS,
+    Llama3RopeScaling,
     ModelConfig,
     UnsupportedModelError,
     from_hf_config,
@@ -22,11 +26,12 @@ from stepgrpo_jax.model.qwen3 import (
     num_params,
     param_axes,
     param_specs,
+    rope_frequencies,
 )
 
 __all__ = [
-    "PRESETS", "KVCache", "ModelConfig", "Params", "UnsupportedModelError", "abstract_params",
-    "default_positions", "forward", "from_hf_config", "hidden_states", "init_cache",
-    "init_params", "lm_head", "logits_from_hidden", "num_params", "param_axes", "param_specs",
-    "preset", "to_hf_config",
+    "FAMILIES", "PRESETS", "KVCache", "Llama3RopeScaling", "ModelConfig", "Params",
+    "UnsupportedModelError", "abstract_params", "default_positions", "forward", "from_hf_config",
+    "hidden_states", "init_cache", "init_params", "lm_head", "logits_from_hidden", "num_params",
+    "param_axes", "param_specs", "preset", "rope_frequencies", "to_hf_config",
 ]
