@@ -18,7 +18,7 @@ from ml_collections import config_flags
 # Config files import `configs.*`, which lives at the repository root.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from stepgrpo_jax import demo, experiment, parallel  # noqa: E402
+from stepgrpo_jax import demo, parallel  # noqa: E402
 
 CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Testbed config.",
                                          lock_config=True)
@@ -118,7 +118,7 @@ def markdown(results: dict, command: str) -> str:
 
 def main(argv):
     del argv
-    with parallel.logical_rules(experiment.mesh_rules(CONFIG.value)):
+    with parallel.logical_rules(CONFIG.value.mesh.rules):
         run(CONFIG.value, OUT.value)
 
 
