@@ -1,8 +1,10 @@
-"""HuggingFace Qwen3 directories <-> (ModelConfig, params).
+"""HuggingFace Qwen3, Qwen2 and Llama directories <-> (ModelConfig, params); GGUF files ->
+HF directories.
 
 The mapping is one table: our param name -> HF tensor name, plus how many leading axes of our
-array form HF's input dimension (HF stores `[out, in]` matrices; we store `[in, ...out]` with
-heads split out). Transposes and reshapes only, so a round trip is bitwise.
+array form HF's input dimension (HF stores `[out, in]` matrices and `[out]` biases; we store
+`[...in, ...out]` with heads split out). Transposes and reshapes only, so a round trip is
+bitwise. The three families share HF's tensor names; the config says which tensors exist.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,20 +27,23 @@ from safetensors.numpy import save_file
 from stepgrpo_jax import model, parallel
 from stepgrpo_jax.model import ModelConfig, Params
 
-# Our name -> (HF name, with {i} for the layer index; leading axes that form HF's `in`, or 0
-# for tensors stored as they are).
-_TABLE: dict[str, tuple[str, int]] = {
-    "embed_tokens": ("model.embed_tokens.weight", 0),
-    "norm": ("model.norm.weight", 0),
+# Our name -> (HF name, with {i} for the layer index; leading axes that form HF's `in` (0 for
+# a bias, whose heads are flattened), or None for tensors stored as they are).
+_TABLE: dict[str, tuple[str, int | None]] = {
+    "embed_tokens": ("model.embed_tokens.weight", None),
+    "norm": ("model.norm.weight", None),
     "lm_head": ("lm_head.weight", 1),
-    "layers/input_layernorm": ("model.layers.{i}.input_layernorm.weight", 0),
+    "layers/input_layernorm": ("model.layers.{i}.input_layernorm.weight", None),
     "layers/q_proj": ("model.layers.{i}.self_attn.q_proj.weight", 1),
     "layers/k_proj": ("model.layers.{i}.self_attn.k_proj.weight", 1),
     "layers/v_proj": ("model.layers.{i}.self_attn.v_proj.weight", 1),
-    "layers/q_norm": ("model.layers.{i}.self_attn.q_norm.weight", 0),
-    "layers/k_norm": ("model.layers.{i}.self_attn.k_norm.weight", 0),
+    "layers/q_bias": ("model.layers.{i}.self_attn.q_proj.bias", 0),
+    "layers/k_bias": ("model.layers.{i}.self_attn.k_proj.bias", 0),
+    "layers/v_bias": ("model.layers.{i}.self_attn.v_proj.bias", 0),
+    "layers/q_norm": ("model.layers.{i}.self_attn.q_norm.weight", None),
+    "layers/k_norm": ("model.layers.{i}.self_attn.k_norm.weight", None),
     "layers/o_proj": ("model.layers.{i}.self_attn.o_proj.weight", 2),
-    "layers/post_attention_layernorm": ("model.layers.{i}.post_attention_layernorm.weight", 0),
+    "layers/post_attention_layernorm": ("model.layers.{i}.post_attention_layernorm.weight", None),
     "layers/gate_proj": ("model.layers.{i}.mlp.gate_proj.weight", 1),
     "layers/up_proj": ("model.layers.{i}.mlp.up_proj.weight", 1),
     "layers/down_proj": ("model.layers.{i}.mlp.down_proj.weight", 1),
@@ -48,17 +54,18 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
 
 
 class CheckpointError(ValueError):
-    """An HF directory that cannot be read as a Qwen3 model; the message names file and problem."""
+    """An HF directory that cannot be read as a supported model; the message names file and
+    problem."""
 
 
-def _to_ours(w: np.ndarray, n_in: int, shape: Sequence[int]) -> np.ndarray:
-    return w if n_in == 0 else w.T.reshape(shape)
+def _to_ours(w: np.ndarray, n_in: int | None, shape: Sequence[int]) -> np.ndarray:
+    return w if n_in is None else w.T.reshape(shape)
 
 
-def _to_hf(w: np.ndarray, n_in: int) -> np.ndarray:
-    if n_in == 0:
+def _to_hf(w: np.ndarray, n_in: int | None) -> np.ndarray:
+    if n_in is None:
         return w
-    return w.reshape(math.prod(w.shape[:n_in]), -1).T
+    return w.reshape(math.prod(w.shape[:n_in]), -1).T.reshape(_hf_shape(w.shape, n_in))
 
 
 def read_config(path: str) -> ModelConfig:
@@ -105,7 +112,7 @@ def _weight_files(path: str) -> dict[str, str]:
 
 def load_pretrained(path: str, dtype: Any = jnp.float32, mesh: Mesh | None = None
                     ) -> tuple[ModelConfig, Params]:
-    """Reads an HF Qwen3 directory (single-file or sharded safetensors).
+    """Reads an HF Qwen3, Qwen2 or Llama directory (single-file or sharded safetensors).
 
     `dtype` casts every tensor (None keeps the stored dtype). With a `mesh`, each param is
     placed with its logical-axis sharding; every process reads only what its devices hold.
@@ -126,7 +133,7 @@ def load_pretrained(path: str, dtype: Any = jnp.float32, mesh: Mesh | None = Non
     if unknown:
         more = " ..." if len(unknown) > 5 else ""
         raise CheckpointError(f"{path}: unexpected tensors {unknown[:5]}{more}; "
-                              "not a Qwen3 dense checkpoint")
+                              f"not a {cfg.family} dense checkpoint as config.json says")
     handles: dict[str, Any] = {}
 
     def read(name: str, shape: Sequence[int]) -> np.ndarray:
@@ -165,10 +172,11 @@ def load_pretrained(path: str, dtype: Any = jnp.float32, mesh: Mesh | None = Non
     return cfg, params
 
 
-def _hf_shape(shape: Sequence[int], n_in: int) -> tuple[int, ...]:
-    if n_in == 0:
+def _hf_shape(shape: Sequence[int], n_in: int | None) -> tuple[int, ...]:
+    """HF's `[out, in]` (or `[out]` when n_in is 0) for our `[...in, ...out]`."""
+    if n_in is None:
         return tuple(shape)
-    return (math.prod(shape[n_in:]), math.prod(shape[:n_in]))
+    return (math.prod(shape[n_in:]),) + ((math.prod(shape[:n_in]),) if n_in else ())
 
 
 def _layer_names(name: str, num_layers: int) -> list[str]:
@@ -210,7 +218,7 @@ def to_hf_tensors(cfg: ModelConfig, params: Params, dtype: Any = None) -> dict[s
 def save_pretrained(cfg: ModelConfig, params: Params, out_dir: str,
                     tokenizer_dir: str | None = None, dtype: Any = None,
                     max_shard_bytes: int = 2 * 1024**3) -> str:
-    """Writes an HF Qwen3 directory: safetensors shards (+ index), config.json,
+    """Writes an HF directory of `cfg.family`: safetensors shards (+ index), config.json,
     generation_config.json, and the tokenizer files of `tokenizer_dir` when given.
 
     `dtype` casts the weights (None keeps the params' dtype). Only process 0 writes.
@@ -244,8 +252,9 @@ def save_pretrained(cfg: ModelConfig, params: Params, out_dir: str,
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(model.to_hf_config(cfg, stored_dtype), f, indent=2)
     eos = list(e) if isinstance(e := cfg.eos_token_id, tuple) else e
-    generation = {"bos_token_id": cfg.bos_token_id, "eos_token_id": eos, "do_sample": True,
-                  "temperature": 0.6, "top_p": 0.95, "top_k": 20}  # Qwen3's thinking settings.
+    generation = {"bos_token_id": cfg.bos_token_id, "eos_token_id": eos}
+    if cfg.family == "qwen3":  # Qwen3's thinking settings.
+        generation.update(do_sample=True, temperature=0.6, top_p=0.95, top_k=20)
     with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
         json.dump(generation, f, indent=2)
     if tokenizer_dir is not None:
@@ -254,4 +263,43 @@ def save_pretrained(cfg: ModelConfig, params: Params, out_dir: str,
             raise CheckpointError(f"{tokenizer_dir}: no tokenizer files ({TOKENIZER_FILES})")
         for name in copied:
             shutil.copy(os.path.join(tokenizer_dir, name), os.path.join(out_dir, name))
+    return out_dir
+
+
+_GGUF_MAGIC = b"GGUF"  # The first four bytes of every GGUF file (gguf spec, "File Structure").
+
+
+def gguf_to_hf_dir(gguf_file: str, out_dir: str, dtype: str = "float32") -> str:
+    """Writes an HF directory (weights dequantized to `dtype`, config.json, tokenizer) from a
+    GGUF file, through transformers (which needs the `gguf` and `accelerate` packages).
+
+    Raises CheckpointError naming the file when it is missing, not a GGUF or unreadable, and
+    UnsupportedModelError, before writing anything, for a family the decoder lacks.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not os.path.isfile(gguf_file):
+        raise CheckpointError(f"{gguf_file}: no such file")
+    with open(gguf_file, "rb") as f:
+        magic = f.read(4)
+    if magic != _GGUF_MAGIC:
+        raise CheckpointError(f"{gguf_file}: not a GGUF file (starts with {magic!r}, "
+                              f"expected {_GGUF_MAGIC!r})")
+    folder, name = os.path.split(os.path.abspath(gguf_file))
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,
+                                                        dtype=getattr(torch, dtype))
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    # What the gguf reader and transformers raise on truncated or garbled files.
+    except (ValueError, KeyError, IndexError, OSError, RuntimeError, struct.error) as e:
+        raise CheckpointError(f"{gguf_file}: transformers cannot read it "
+                              f"({type(e).__name__}: {e})") from e
+    model.from_hf_config(hf_model.config.to_dict(), source=f"{gguf_file} (as HF config)")
+    # The weights are already dequantized; what remains of the GGUF quantization is bookkeeping
+    # that makes save_pretrained refuse to write them.
+    hf_model.hf_quantizer = None
+    del hf_model.config.quantization_config
+    hf_model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
     return out_dir

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file, save_file
-from tiny_models import save_tiny_hf_model
-from transformers import Qwen3ForCausalLM
+from tiny_models import LLAMA3_ROPE, save_tiny_hf_model
+from transformers import AutoModelForCausalLM
 
 from stepgrpo_jax import hf, model
 from stepgrpo_jax.hf import CheckpointError
@@ -38,22 +38,34 @@ def _assert_bitwise(a, b):
         assert a[name].tobytes() == b[name].tobytes(), name
 
 
+# Each family, with Llama 3.1 rope scaling on the Llama.
+FAMILIES = {"qwen3": {}, "qwen2": dict(family="qwen2"),
+            "llama3": dict(family="llama", rope_scaling=LLAMA3_ROPE)}
+
+
+def _architectures(path):
+    with open(os.path.join(path, "config.json")) as f:
+        return json.load(f)["architectures"]
+
+
 def _logits(path, ids):
-    m = Qwen3ForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     with torch.no_grad():
         return m(torch.tensor(ids)).logits.numpy()
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_round_trip_is_bitwise(tmp_path, tied, dtype):
+def test_round_trip_is_bitwise(tmp_path, family, tied, dtype):
     src, out = str(tmp_path / "src"), str(tmp_path / "out")
-    save_tiny_hf_model(src, dtype=dtype, tie_word_embeddings=tied)
+    save_tiny_hf_model(src, dtype=dtype, tie_word_embeddings=tied, **FAMILIES[family])
     cfg, params = hf.load_pretrained(src, dtype=None)
     assert cfg.param_dtype == str(dtype).removeprefix("torch.")
     hf.save_pretrained(cfg, params, out, max_shard_bytes=20_000)  # Forces several shards.
     assert os.path.exists(os.path.join(out, "model.safetensors.index.json"))
     _assert_bitwise(_tensors(src), _tensors(out))
+    assert _architectures(out) == _architectures(src)
     ids = np.random.RandomState(0).randint(0, cfg.vocab_size, (2, 6))
     np.testing.assert_array_equal(_logits(src, ids), _logits(out, ids))
     # And the sharded export reads back bitwise too.
@@ -81,10 +93,11 @@ def _run_tool(*args):
     return result
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_orbax_tools_round_trip(tmp_path, qwen3_tokenizer_dir, dtype):
+@pytest.mark.parametrize("family, dtype", [("qwen3", torch.float32), ("qwen3", torch.bfloat16),
+                                           ("qwen2", torch.bfloat16), ("llama3", torch.float32)])
+def test_orbax_tools_round_trip(tmp_path, qwen3_tokenizer_dir, family, dtype):
     src, ckpt, out = str(tmp_path / "src"), str(tmp_path / "ckpt"), str(tmp_path / "out")
-    save_tiny_hf_model(src, dtype=dtype)
+    save_tiny_hf_model(src, dtype=dtype, **FAMILIES[family])
     _run_tool("tools/import_hf.py", f"--hf_dir={src}", f"--out={ckpt}")
     _run_tool("tools/export_hf.py", f"--checkpoint={ckpt}", f"--out={out}",
               f"--tokenizer_dir={qwen3_tokenizer_dir}")
@@ -138,10 +151,10 @@ def test_unsupported_architecture(good_dir):
     config = os.path.join(good_dir, "config.json")
     with open(config) as f:
         c = json.load(f)
-    c.update(model_type="llama", architectures=["LlamaForCausalLM"])
+    c.update(model_type="mistral", architectures=["MistralForCausalLM"])
     with open(config, "w") as f:
         json.dump(c, f)
-    with pytest.raises(model.UnsupportedModelError, match="config.json: model_type='llama'"):
+    with pytest.raises(model.UnsupportedModelError, match="config.json: model_type='mistral'"):
         hf.load_pretrained(good_dir)
 
 
@@ -160,3 +173,17 @@ def test_unexpected_tensor(good_dir):
     save_file(tensors, file)
     with pytest.raises(CheckpointError, match="unexpected tensors.*q_proj.bias"):
         hf.load_pretrained(good_dir)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    (b"# not a model\n", r"not a GGUF file \(starts with b'# no'"),
+    (b"GGUF\x03\x00\x00\x00garbage", "transformers cannot read it"),  # Header cut short.
+])
+def test_gguf_bad_input(tmp_path, content, message):
+    path = tmp_path / "model.gguf"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=f"model.gguf: {message}"):
+        hf.gguf_to_hf_dir(str(path), str(tmp_path / "out"))
+    assert not os.path.exists(tmp_path / "out")

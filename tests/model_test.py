@@ -1,5 +1,5 @@
-"""The decoder against transformers' Qwen3ForCausalLM, blockwise = dense attention, cached
-decoding, presets, sharding rules and initialisation."""
+"""The decoder against transformers' Qwen3, Qwen2 and Llama models, blockwise = dense attention,
+cached decoding, presets, sharding rules and initialisation."""
 
 import functools
 import json
@@ -10,12 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from tiny_models import save_tiny_hf_model
+from tiny_models import LLAMA3_ROPE, save_tiny_hf_model
 
-from stepgrpo_jax import hf, model, parallel
+from stepgrpo_jax import checkpoint, hf, model, parallel
 from stepgrpo_jax.model import qwen3
 
-# Parity configs: tied/untied, GQA ratio 1 and >1, head_dim != hidden/heads, both rope-θ styles.
+# Parity configs: tied/untied, GQA ratio 1 and >1, head_dim != hidden/heads, both rope-θ styles,
+# each family, Llama 3.1 rope scaling.
 PARITY_CONFIGS = {
     "untied_gqa2": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16),
     "tied_mha": dict(num_attention_heads=4, num_key_value_heads=4, head_dim=8,
@@ -24,6 +25,13 @@ PARITY_CONFIGS = {
                                 rope_theta=10_000.0),
     "tied_rope_parameters": dict(num_attention_heads=4, num_key_value_heads=1, head_dim=16,
                                  tie_word_embeddings=True, rope_parameters_style=True),
+    "qwen2_untied_gqa2": dict(family="qwen2", num_attention_heads=4, num_key_value_heads=2),
+    "qwen2_tied_gqa4": dict(family="qwen2", num_attention_heads=8, num_key_value_heads=2,
+                            head_dim=12, tie_word_embeddings=True),
+    "llama_tied_mha": dict(family="llama", num_attention_heads=4, num_key_value_heads=4,
+                           head_dim=8, tie_word_embeddings=True, rope_theta=1e5),
+    "llama3_rope_gqa2": dict(family="llama", num_attention_heads=4, num_key_value_heads=2,
+                             rope_scaling=LLAMA3_ROPE),
 }
 
 
@@ -52,6 +60,7 @@ def test_logits_match_transformers(tmp_path, name):
     path, m = _hf_dir(tmp_path, name, **PARITY_CONFIGS[name])
     cfg, params = hf.load_pretrained(path, dtype=jnp.float32)
     assert cfg.tie_word_embeddings == m.config.tie_word_embeddings
+    assert cfg.family == m.config.model_type
     ids = np.random.RandomState(0).randint(0, cfg.vocab_size, (3, 11))
     theirs = _torch_logits(m, ids)
     for block in (0, 4):  # Dense, and blockwise with a block that does not divide T.
@@ -202,8 +211,66 @@ def test_larger_presets_match_transformers_shapes(name):
     assert model.num_params(cfg) == sum(p.numel() for p in hf_model.parameters())
 
 
-def test_sharded_load_equals_one_device(tmp_path, capfd):
-    path, _ = _hf_dir(tmp_path, "shard", **PARITY_CONFIGS["untied_gqa2"])
+# The config.json fields that matter of two distilled reasoning models (older rope layout).
+R1_DISTILL = {
+    "llama-8b": dict(
+        architectures=["LlamaForCausalLM"], model_type="llama", attention_bias=False,
+        mlp_bias=False, hidden_act="silu", hidden_size=4096, intermediate_size=14336,
+        max_position_embeddings=131072, num_attention_heads=32, num_hidden_layers=32,
+        num_key_value_heads=8, rms_norm_eps=1e-05, rope_theta=500000.0,
+        rope_scaling=dict(factor=8.0, high_freq_factor=4.0, low_freq_factor=1.0,
+                          original_max_position_embeddings=8192, rope_type="llama3"),
+        tie_word_embeddings=False, vocab_size=128256, bos_token_id=128000,
+        eos_token_id=128001),
+    "qwen-1.5b": dict(
+        architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_act="silu",
+        hidden_size=1536, intermediate_size=8960, max_position_embeddings=131072,
+        max_window_layers=21, num_attention_heads=12, num_hidden_layers=28,
+        num_key_value_heads=2, rms_norm_eps=1e-06, rope_theta=10000, sliding_window=4096,
+        use_sliding_window=False, tie_word_embeddings=False, vocab_size=151936,
+        bos_token_id=151646, eos_token_id=151643),
+}
+
+
+@pytest.mark.parametrize("name", sorted(R1_DISTILL))
+def test_real_configs_match_transformers(name):
+    """Parameter count and rope frequencies equal transformers' for the same config.json, and
+    our export of the config reads back to the same ModelConfig."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    hf_dict = R1_DISTILL[name]
+    cfg = model.from_hf_config(hf_dict)
+    assert cfg.family == hf_dict["model_type"]
+    hf_config = AutoConfig.for_model(**hf_dict)
+    with torch.device("meta"):
+        hf_model = AutoModelForCausalLM.from_config(hf_config)
+    assert model.num_params(cfg) == sum(p.numel() for p in hf_model.parameters())
+    theirs = type(hf_model.model.rotary_emb)(hf_config).inv_freq  # Built off the meta device.
+    # A few float32 ulps apart at most: numpy's and torch's pow round differently.
+    np.testing.assert_allclose(qwen3.rope_frequencies(cfg), theirs.numpy(), rtol=5e-7, atol=0)
+    assert model.from_hf_config(model.to_hf_config(cfg, "bfloat16")) == cfg
+    assert checkpoint.config_from_json(json.loads(json.dumps(checkpoint.config_to_json(cfg)))
+                                       ) == cfg
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(model_type="mistral", architectures=["MistralForCausalLM"]), "model_type='mistral'"),
+    (dict(attention_bias=True), "attention_bias=true is not supported"),
+    (dict(mlp_bias=True), "mlp_bias=true is not supported"),
+    (dict(hidden_act="gelu"), "hidden_act='gelu'"),
+    (dict(rope_scaling=dict(rope_type="yarn", factor=4.0)), "rope_type='yarn' is not supported"),
+])
+def test_unsupported_configs_are_named(change, message):
+    with pytest.raises(model.UnsupportedModelError, match=f"x/config.json: .*{message}"):
+        model.from_hf_config({**R1_DISTILL["llama-8b"], **change}, source="x/config.json")
+    incomplete = dict(R1_DISTILL["llama-8b"], rope_scaling=dict(rope_type="llama3", factor=8.0))
+    with pytest.raises(ValueError, match="llama3 rope scaling lacks fields"):
+        model.from_hf_config(incomplete)
+
+
+@pytest.mark.parametrize("name", ["untied_gqa2", "qwen2_untied_gqa2", "llama3_rope_gqa2"])
+def test_sharded_load_equals_one_device(tmp_path, capfd, name):
+    path, _ = _hf_dir(tmp_path, name, **PARITY_CONFIGS[name])
     cfg, params = hf.load_pretrained(path)
     ids = jnp.asarray(np.random.RandomState(2).randint(0, cfg.vocab_size, (4, 7)))
     expected = model.forward(cfg, params, ids)

@@ -13,6 +13,9 @@ over --bandwidth_gbs.
 
   python tools/bench_sampler.py
   python tools/bench_sampler.py --preset qwen3-1.7b --bandwidth_gbs 3350 --skip_hf
+
+`--model_dir` (an HF directory of any supported family, or a checkpoint of ours) times a real
+model, with its own tokenizer, instead of the preset's random weights.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stepgrpo_jax import hf, model, sampling, tokenizer
+from stepgrpo_jax import checkpoint, hf, model, sampling, tokenizer
 
 PRESETS = {
     # A small model with Qwen3's real vocabulary (its LM head dominates the step at this size).
@@ -66,11 +69,12 @@ def best_times(fns, repeats: int) -> list[float]:
 def hf_runner(cfg, params, prompts, new_tokens: int):
     """A function that runs transformers `generate` on our params, and its torch thread count."""
     import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     dtype = getattr(torch, cfg.param_dtype)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    hf_model = Qwen3ForCausalLM(Qwen3Config(**model.to_hf_config(cfg, cfg.param_dtype)))
+    hf_model = AutoModelForCausalLM.from_config(
+        AutoConfig.for_model(**model.to_hf_config(cfg, cfg.param_dtype)))
     state = {k: torch.tensor(np.asarray(v, np.float32))
              for k, v in hf.to_hf_tensors(cfg, params).items()}
     missing, unexpected = hf_model.load_state_dict(state, strict=False)
@@ -114,6 +118,7 @@ def roofline_tokens_per_s(cfg, batch: int, prompt_len: int, new_tokens: int,
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--model_dir", help="a real model instead of the preset's shape")
     parser.add_argument("--batch", type=int, help="overrides the preset")
     parser.add_argument("--prompt_len", type=int, help="overrides the preset")
     parser.add_argument("--new_tokens", type=int, help="overrides the preset")
@@ -128,10 +133,15 @@ def main(argv=None) -> None:
         getattr(args, k) or preset[k]
         for k in ("batch", "prompt_len", "new_tokens", "dtype", "bandwidth_gbs"))
 
-    cfg = model_config(preset, dtype)
-    params = jax.jit(model.init_params, static_argnums=0)(cfg, jax.random.key(0))
+    if args.model_dir:
+        cfg, params = checkpoint.load_model(args.model_dir, dtype=dtype)
+        cfg = cfg.replace(dtype=dtype)
+        tok = tokenizer.load(args.model_dir)
+    else:
+        cfg = model_config(preset, dtype)
+        params = jax.jit(model.init_params, static_argnums=0)(cfg, jax.random.key(0))
+        tok = tokenizer.load(tokenizer.cached_qwen3_tokenizer())
     prompts = np.random.default_rng(0).integers(1, cfg.vocab_size, (batch, prompt_len)).tolist()
-    tok = tokenizer.load(tokenizer.cached_qwen3_tokenizer())
     tables = sampling.TriggerTables.from_tokenizer(tok, ("Wait",), cfg.vocab_size)
     plain = sampling.SamplerConfig(max_new_tokens=new_tokens, prompt_buckets=(prompt_len,),
                                    temperature=1.0, eos_ids=(), cache_dtype=dtype)
@@ -154,8 +164,9 @@ def main(argv=None) -> None:
     assert (outputs[1].lengths == new_tokens).all()
     generated = batch * new_tokens
     result = {
-        "preset": args.preset, "batch": batch, "prompt_len": prompt_len,
-        "new_tokens": new_tokens, "dtype": dtype, "params": model.num_params(cfg),
+        "preset": args.preset, "model_dir": args.model_dir, "batch": batch,
+        "prompt_len": prompt_len, "new_tokens": new_tokens, "dtype": dtype,
+        "params": model.num_params(cfg),
         "device": str(jax.devices()[0].device_kind), "machine": platform.machine(),
         "cores": os.cpu_count(), "jax": jax.__version__,
         "ours_tokens_per_s": round(generated / ours_s, 1),

@@ -1,4 +1,5 @@
-"""Checkpoint of ours (any step) -> HF Qwen3 directory that transformers loads.
+"""Checkpoint of ours (any step) -> HF directory of its family (Qwen3, Qwen2, Llama) that
+transformers loads.
 
   python tools/export_hf.py --checkpoint WORKDIR/checkpoints [--step N] --out DIR \
       [--tokenizer_dir T] [--dtype bfloat16] [--shard_gb 2]

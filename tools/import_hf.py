@@ -1,4 +1,5 @@
-"""HF Qwen3 directory -> checkpoint of ours (Orbax params + model config), as step 0.
+"""HF directory (Qwen3, Qwen2 or Llama) -> checkpoint of ours (Orbax params + model config), as
+step 0.
 
   python tools/import_hf.py --hf_dir /path/Qwen3-8B --out /ckpt/qwen3-8b [--dtype bfloat16]
 """

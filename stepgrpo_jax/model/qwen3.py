@@ -1,9 +1,10 @@
-"""The Qwen3 decoder as pure functions of a params pytree and an optional KV cache.
+"""The decoder (Qwen3, and Qwen2 and Llama by `ModelConfig` switches) as pure functions of a
+params pytree and an optional KV cache.
 
 Einsum letters: B batch, T query tokens, S key slots, D embed, F mlp, N query heads,
 K kv heads, G query heads per kv head (N = K*G), H head dim, V vocab, L layers.
 
-Params are a nested dict whose names follow HF's Qwen3 names (so `hf.py` is a short table);
+Params are a nested dict whose names follow HF's names (so `hf.py` is a short table);
 the layers are stacked on a leading `L` axis and run with `lax.scan`, which keeps compile time
 independent of depth. `param_specs` is the single table of names, shapes and logical axes.
 Attention runs blockwise with an online softmax and a FlashAttention-2 backward (memory linear
@@ -20,7 +21,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.ad_checkpoint import checkpoint_name
+import numpy as np
 
 from stepgrpo_jax.model.config import ModelConfig
 from stepgrpo_jax.parallel import constrain
@@ -31,7 +32,7 @@ Params = dict[str, Any]
 class ParamSpec(NamedTuple):
     shape: tuple[int, ...]
     axes: tuple[str | None, ...]
-    init: str  # "normal" (std 0.02, HF's initializer_range) or "ones" (norm scales).
+    init: str  # "normal" (std 0.02, HF's initializer_range), "ones" (norm scales), "zeros".
 
 
 def param_specs(cfg: ModelConfig) -> Params:
@@ -46,8 +47,6 @@ def param_specs(cfg: ModelConfig) -> Params:
             "q_proj": ParamSpec((L, D, N, H), ("layers", "embed", "q_heads", "head_dim"), "normal"),
             "k_proj": kv,
             "v_proj": kv,
-            "q_norm": ParamSpec((L, H), ("layers", "norm"), "ones"),
-            "k_norm": ParamSpec((L, H), ("layers", "norm"), "ones"),
             "o_proj": ParamSpec((L, N, H, D), ("layers", "q_heads", "head_dim", "embed"), "normal"),
             "post_attention_layernorm": ParamSpec((L, D), ("layers", "norm"), "ones"),
             "gate_proj": ParamSpec((L, D, F), ("layers", "embed", "mlp"), "normal"),
@@ -56,6 +55,14 @@ def param_specs(cfg: ModelConfig) -> Params:
         },
         "norm": ParamSpec((D,), ("norm",), "ones"),
     }
+    if cfg.qk_norm:
+        norm = ParamSpec((L, H), ("layers", "norm"), "ones")
+        specs["layers"].update(q_norm=norm, k_norm=norm)
+    if cfg.qkv_bias:
+        kv_bias = ParamSpec((L, K, H), ("layers", "kv_heads", "head_dim"), "zeros")
+        specs["layers"].update(
+            q_bias=ParamSpec((L, N, H), ("layers", "q_heads", "head_dim"), "zeros"),
+            k_bias=kv_bias, v_bias=kv_bias)
     if not cfg.tie_word_embeddings:
         specs["lm_head"] = ParamSpec((D, V), ("embed", "vocab"), "normal")
     return specs
@@ -86,12 +93,14 @@ def _draw(specs: list[ParamSpec], rng: jax.Array, dtype) -> list[jax.Array]:
     sizes = [math.prod(s.shape) for s in specs if s.init == "normal"]
     flat = 0.02 * jax.random.normal(rng, (sum(sizes),), dtype)
     parts = iter(jnp.split(flat, list(itertools.accumulate(sizes))[:-1]))
-    return [jnp.ones(s.shape, dtype) if s.init == "ones" else next(parts).reshape(s.shape)
+    fill = {"ones": jnp.ones, "zeros": jnp.zeros}
+    return [fill[s.init](s.shape, dtype) if s.init in fill else next(parts).reshape(s.shape)
             for s in specs]
 
 
 def init_params(cfg: ModelConfig, rng: jax.Array) -> Params:
-    """Random params (normal std 0.02, norm scales 1). Jit with out_shardings to init sharded.
+    """Random params (normal std 0.02, norm scales 1, biases 0). Jit with out_shardings to init
+    sharded.
 
     Two normal draws in all, as XLA compiles each RNG call apart (~0.5 s each on CPU): one for
     the layers, inside a scan so that at most one layer is ever drawn unsharded, and one for the
@@ -132,10 +141,29 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
     return scale.astype(x.dtype) * xf.astype(x.dtype)
 
 
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotary embedding, half-split layout. x: [B, T, heads, H], positions: [B, T]."""
-    H = x.shape[-1]
-    inv_freq = 1.0 / theta ** (jnp.arange(0, H, 2, dtype=jnp.float32) / H)
+def rope_frequencies(cfg: ModelConfig) -> np.ndarray:
+    """Inverse rotary frequencies [H/2] (float32, as HF computes them), with Llama 3.1's
+    scaling when `cfg.rope_scaling` is set (HF `_compute_llama3_parameters`)."""
+    H = cfg.head_dim
+    inv_freq = (1.0 / cfg.rope_theta ** (np.arange(0, H, 2, dtype=np.float32) / H)).astype(
+        np.float32)
+    s = cfg.rope_scaling
+    if s is None:
+        return inv_freq
+    wavelen = 2 * math.pi / inv_freq
+    low_freq_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_freq_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    scaled = np.where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq)
+    smooth = ((s.original_max_position_embeddings / wavelen - s.low_freq_factor)
+              / (s.high_freq_factor - s.low_freq_factor))
+    smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+    medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotary embedding, half-split layout. x: [B, T, heads, H], positions: [B, T],
+    inv_freq: [H/2] from `rope_frequencies`."""
     angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
     cos = jnp.cos(angles)[:, :, None, :]
     sin = jnp.sin(angles)[:, :, None, :]
@@ -370,14 +398,20 @@ def _layer(cfg: ModelConfig, h, p, positions, k_valid, cache=None):
     q = jnp.einsum("btd,dnh->btnh", x, p["q_proj"].astype(dt))
     k = jnp.einsum("btd,dkh->btkh", x, p["k_proj"].astype(dt))
     v = jnp.einsum("btd,dkh->btkh", x, p["v_proj"].astype(dt))
-    q = rope(rms_norm(q, p["q_norm"], cfg.rms_norm_eps), positions, cfg.rope_theta)
-    k = rope(rms_norm(k, p["k_norm"], cfg.rms_norm_eps), positions, cfg.rope_theta)
+    if cfg.qkv_bias:
+        q = q + p["q_bias"].astype(dt)
+        k = k + p["k_bias"].astype(dt)
+        v = v + p["v_bias"].astype(dt)
+    if cfg.qk_norm:
+        q = rms_norm(q, p["q_norm"], cfg.rms_norm_eps)
+        k = rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
+    inv_freq = rope_frequencies(cfg)
+    q, k = rope(q, positions, inv_freq), rope(k, positions, inv_freq)
     q = constrain(q, ("act_batch", "act_seq", "act_heads", None))
     if cache is None:
         out = attention(q, k, v, positions, positions, k_valid, cfg.attention_block)
     else:
         out, *cache = _cached_attention(q, k, v, positions, *cache, cfg.attention_block)
-    out = checkpoint_name(out, "attention")
     h = h + jnp.einsum("btnh,nhd->btd", out, p["o_proj"].astype(dt))
     h = constrain(h, ("act_batch", "act_seq", "act_embed"))
     x = rms_norm(h, p["post_attention_layernorm"], cfg.rms_norm_eps)
