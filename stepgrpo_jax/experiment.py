@@ -55,7 +55,8 @@ def make_sampler(config: ml_collections.ConfigDict, tok, model_cfg: model.ModelC
 
 def sampler_config(config: ml_collections.ConfigDict, tok, *, evaluation: bool = False
                    ) -> sampling.SamplerConfig:
-    """The rollout sampler (DTR per config), or the plain evaluation sampler."""
+    """The rollout sampler (DTR per config), or the evaluation sampler: plain, or with
+    `eval.exit_after_first_step` thinking closed at the first step boundary."""
     s = config.eval if evaluation else config.sampling
     dtr = None
     if config.dtr.enabled and not evaluation:
@@ -64,6 +65,13 @@ def sampler_config(config: ml_collections.ConfigDict, tok, *, evaluation: bool =
             threshold=config.dtr.threshold, probe_budget=config.dtr.probe_budget,
             max_probes=config.dtr.max_probes, think_budget_frac=config.dtr.think_budget_frac,
             exit_margin=config.dtr.forced_exit_margin)
+    elif evaluation and config.eval.exit_after_first_step:
+        # DTR forcing the exit at the first step boundary: a threshold below any confidence
+        # (confidences lie in [0, 1]) makes the first probe exit, after one probe token. No
+        # thinking budget: a response with no trigger runs as in plain sampling.
+        dtr = sampling.DTRConfig.from_tokenizer(
+            tok, probe_prompt=config.dtr.probe_prompt, exit_suffix=config.dtr.exit_suffix,
+            threshold=-1.0, probe_budget=1, max_probes=1, think_budget_frac=1.0)
     return sampling.SamplerConfig(
         max_new_tokens=s.max_new_tokens, prompt_buckets=tuple(config.sampling.prompt_buckets),
         temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
