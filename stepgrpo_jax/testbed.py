@@ -11,11 +11,13 @@ A teacher trace (Qwen3 thinking format) has three parts:
   first attempt is also wrong (a near miss) with a chance that rises with difficulty
   (`first_slip_prob`: 0% at d = 1, 40% at d = 3), so the warm start learns a first attempt
   that is cheap and, on hard problems, unreliable.
-- **The careful check**, always written: "Wait, step by step: 3+5=8, +9=17, +2=19." Running sums,
-  each a look-up from two tokens a fixed distance back, which a small model learns reliably.
+- **The careful check**: "Wait, step by step: 3+5=8, +9=17, +2=19." Running sums, each a
+  look-up from two tokens a fixed distance back, which a small model learns reliably.
   It does not look at the first attempt, so it corrects a wrong one without having to detect
   the error. It is *necessary* when the first attempt was wrong, *redundant* when it was right.
-- **Re-checks** (0 to `MAX_RECHECKS`), redundant: "Wait, double-check: sum=19. Yes."
+  A tenth of the right first attempts close thinking at once instead (`EARLY_CLOSE`), as a DTR
+  exit at the first boundary would, so that the answer after such an exit is in-distribution.
+- **Re-checks** (0 to `MAX_RECHECKS` after the check), redundant: "Wait, double-check: sum=19. Yes."
 
 Then `\n**Final Answer**\n\boxed{19}\n</think>\n\nThe answer is \boxed{19}.<|im_end|>` (a fifth
 of the traces close with `EXIT_SUFFIX` alone, as after a DTR exit). The answer is always the
@@ -45,6 +47,9 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</t
 # An upper bound only: BPE runs out of pairs to merge (every word whole) below 400 tokens.
 MAX_VOCAB = 1024
 MAX_RECHECKS = 3  # Re-checks after the careful check: uniform in 0..MAX_RECHECKS.
+# Chance that a right first attempt closes thinking at once (as a DTR exit at the first step
+# boundary would): what the model writes after such an exit is then in-distribution.
+EARLY_CLOSE = 0.1
 PLAIN_CLOSE = 0.2  # Chance that thinking ends with EXIT_SUFFIX alone, as after a DTR early exit.
 
 _PROBLEM = re.compile(r"What is (\d+(?:\+\d+)+)\?")
@@ -135,14 +140,17 @@ def make_trace(problem: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     first = answer if first_correct else _near_miss(answer, rng)
     sums = [sum(terms[:i + 1]) for i in range(len(terms))]
     chain = f"{terms[0]}" + ", ".join(f"+{y}={s}" for y, s in zip(terms[1:], sums[1:], strict=True))
-    rechecks = rng.sample(_RECHECKS, rng.randint(0, MAX_RECHECKS))
-    parts = ["<think>\n", f"The sum is {first}.\n", _CHECK.format(chain=chain) + "\n",
-             *(r.format(s=answer) + "\n" for r in rechecks)]
+    parts = ["<think>\n", f"The sum is {first}.\n"]
+    checks = []
+    if not (first_correct and rng.random() < EARLY_CLOSE):
+        checks = [_CHECK.format(chain=chain)]
+        checks += [r.format(s=answer) for r in rng.sample(_RECHECKS, rng.randint(0, MAX_RECHECKS))]
+    parts += [check + "\n" for check in checks]
     close = EXIT_SUFFIX if rng.random() < PLAIN_CLOSE else _final(answer) + EXIT_SUFFIX[1:]
     parts += [close, f"The answer is \\boxed{{{answer}}}.<|im_end|>"]
     necessary = int(not first_correct)
-    return {"response": "".join(parts), "steps": 2 + len(rechecks), "necessary": necessary,
-            "redundant": 1 + len(rechecks) - necessary, "first_correct": first_correct}
+    return {"response": "".join(parts), "steps": 1 + len(checks), "necessary": necessary,
+            "redundant": len(checks) - necessary, "first_correct": first_correct}
 
 
 def make_sft_rows(n: int, seed: int | str, difficulties: Sequence[int] = (1, 2, 3),

@@ -106,10 +106,16 @@ def test_trace_step_counts_and_answers(rows):
 
 def test_the_check_recomputes_and_the_answer_follows_it(rows):
     """The second line recomputes the sum as running sums, whatever the first attempt said;
-    re-checks restate the checked sum, which is the final answer."""
+    re-checks restate the checked sum, which is the final answer. Only after a right first
+    attempt may thinking close at once."""
+    early = 0
     for r in rows:
         terms = testbed.terms_of(r["problem"])
         lines = r["response"].split("\n")
+        if r["steps"] == 1:
+            assert r["first_correct"] and lines[2] in ("", "**Final Answer**"), r["response"]
+            early += 1
+            continue
         sums = [sum(terms[:i + 1]) for i in range(1, len(terms))]
         chain = f"{terms[0]}" + ", ".join(f"+{y}={z}" for y, z in zip(terms[1:], sums,
                                                                         strict=True))
@@ -117,6 +123,8 @@ def test_the_check_recomputes_and_the_answer_follows_it(rows):
         rechecks = [line for line in lines[3:] if line.startswith("Wait")]
         assert len(rechecks) == r["steps"] - 2 <= testbed.MAX_RECHECKS
         assert all(re.findall(r"\d+", line) == [r["answer"]] for line in rechecks)
+    right = sum(r["first_correct"] for r in rows)
+    assert abs(early / right - testbed.EARLY_CLOSE) < 0.02
 
 
 def test_first_attempt_fails_more_often_when_harder(rows):
@@ -126,11 +134,12 @@ def test_first_attempt_fails_more_often_when_harder(rows):
 
 
 def test_redundant_habit(rows):
-    counts = collections.Counter(r["steps"] - 2 for r in rows)  # Re-checks per trace.
+    checked = [r for r in rows if r["steps"] > 1]
+    counts = collections.Counter(r["steps"] - 2 for r in checked)  # Re-checks per trace.
     assert set(counts) == set(range(testbed.MAX_RECHECKS + 1))
-    assert min(counts.values()) > len(rows) / (testbed.MAX_RECHECKS + 1) * 0.8
+    assert min(counts.values()) > len(checked) / (testbed.MAX_RECHECKS + 1) * 0.8
     right_first = [r["redundant"] for r in rows if r["first_correct"]]
-    assert sum(right_first) / len(right_first) > 2.3  # 1 + 1.5 re-checks on average.
+    assert sum(right_first) / len(right_first) > 2.0  # 0.9 x (1 + 1.5) expected.
 
 
 def test_probe_is_in_distribution(rows):

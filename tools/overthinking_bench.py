@@ -30,7 +30,7 @@ CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Testbed c
 OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
 SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds per arm.")
 ARMS_FLAG = flags.DEFINE_list("arms", None, "Arms to run (default: all of ARMS).")
-BUDGETS = flags.DEFINE_list("budgets", ["32", "48", "64", "96"],
+BUDGETS = flags.DEFINE_list("budgets", ["48", "64", "96"],
                             "Shorter eval.max_new_tokens for the accuracy-against-budget curve "
                             "(the config's eval.max_new_tokens is always measured).")
 DOC = flags.DEFINE_string("doc", None, "Also put the markdown report into this page, between "
