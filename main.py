@@ -1,9 +1,11 @@
-"""Step-GRPO training, supervised warm start or evaluation, by config.
+"""Step-GRPO training, supervised warm start, evaluation or the demo, by `config.mode`.
 
   python main.py --config configs/demo.py --workdir /tmp/demo
   python main.py --config configs/qwen3_8b_step_grpo.py --workdir gs://... \
       --config.optim.learning_rate=2e-6
 """
+
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -20,42 +22,17 @@ NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the jo
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
-def _unknown_override(config, argv: list[str]) -> str | None:
-    """The first `--config.a.b=v` of argv whose key the config lacks, with the valid keys."""
-    for arg in argv:
-        if not arg.startswith("--config."):
-            continue
-        path = arg.removeprefix("--config.").split("=", 1)[0].split(".")
-        node = config
-        for i, key in enumerate(path):
-            if not hasattr(node, "keys") or key not in node:
-                where = ".".join(["config", *path[:i]])
-                valid = sorted(node.keys()) if hasattr(node, "keys") else []
-                return f"unknown override --{where}.{key}; valid keys of {where}: {valid}"
-            node = node[key]
-    return None
-
-
-def _load_config(argv: list[str]):
-    """The config file named on the command line, parsed without its overrides."""
-    path = CONFIG.default
-    for i, arg in enumerate(argv):
-        if arg.startswith("--config="):
-            path = arg.split("=", 1)[1]
-        elif arg == "--config" and i + 1 < len(argv):
-            path = argv[i + 1]
-    return flags.FLAGS["config"].parser.parse(path)
-
-
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing with a clear error for a mistyped config override."""
+    """absl's parsing; a mistyped `--config.a.b` ends with ml_collections' own "Did you mean"
+    message rather than a traceback."""
     try:
         return flags.FLAGS(argv)
-    except (AttributeError, KeyError, flags.Error) as e:
-        message = _unknown_override(_load_config(argv), argv)
-        if message:
-            raise SystemExit(f"FATAL: {message}") from None
-        raise SystemExit(f"FATAL: {e}") from None
+    except flags.Error as e:  # A bad value: absl's message names the flag.
+        sys.exit(f"FATAL: {e}")
+    except (AttributeError, KeyError) as e:
+        while e.args and isinstance(e.args[0], BaseException):  # AttributeError(KeyError(msg))
+            e = e.args[0]
+        sys.exit(f"FATAL: no such config field {e.args[0] if e.args else e}")
 
 
 def main(argv):
@@ -64,28 +41,14 @@ def main(argv):
     parallel.init_distributed(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
     config = CONFIG.value
     logging.info("config:\n%s", config)
-    from stepgrpo_jax import experiment  # After jax.distributed: see run().
+    # Imported after jax.distributed has started, before anything touches the devices.
+    from stepgrpo_jax import demo, evaluate, sft, trainer
 
-    with parallel.logical_rules(experiment.mesh_rules(config)):
-        run(config, WORKDIR.value)
-
-
-def run(config, workdir: str) -> None:
-    # Imported here so that jax.distributed starts before anything touches the devices.
-    if config.mode == "eval":
-        from stepgrpo_jax import evaluate
-
-        evaluate.run(config, workdir)
-    elif config.mode in ("grpo", "sft"):
-        from stepgrpo_jax import trainer
-
-        trainer.train(config, workdir)
-    elif config.mode == "demo":
-        from stepgrpo_jax import demo
-
-        demo.run(config, workdir)
-    else:
-        raise app.UsageError(f"--config.mode={config.mode!r}; expected grpo, sft, eval or demo")
+    modes = {"grpo": trainer.train, "sft": sft.train, "eval": evaluate.run, "demo": demo.run}
+    if config.mode not in modes:
+        raise app.UsageError(f"--config.mode={config.mode!r}; expected one of {list(modes)}")
+    with parallel.logical_rules(config.mesh.rules):
+        modes[config.mode](config, WORKDIR.value)
 
 
 if __name__ == "__main__":

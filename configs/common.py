@@ -30,8 +30,8 @@ def step_grpo_config(size: str, arg: str | None) -> ml_collections.ConfigDict:
         raise ValueError(f"platform={arg.platform!r}; expected one of {sorted(PLATFORMS)}")
     c = default.get_config()
     c.model.preset = size
-    c.data.problem_field = "prompt.0.content"  # DAPO-Math-17k's parquet layout.
-    c.data.answer_field = "reward_model.ground_truth"
+    c.data.problem = "prompt.0.content"  # DAPO-Math-17k's parquet layout.
+    c.data.answer = "reward_model.ground_truth"
     mesh, rows = PLATFORMS[arg.platform][size]
     c.mesh.shape = mesh
     c.sampling.batch_size = rows

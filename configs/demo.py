@@ -45,12 +45,12 @@ def get_config():
     c.sampling.prompt_buckets = (64,)
     c.sampling.batch_size = 160  # One sampler call per step.
     c.sampling.cache_dtype = "float32"  # bfloat16 is emulated, so slow, on CPU.
-    c.dtr.forced_exit_margin = 10
+    c.dtr.exit_margin = 10
 
     c.grpo.group_size = 5
     c.grpo.prompts_per_step = 32
     c.grpo.num_minibatches = 4
-    c.grpo.logprob_chunk = 128
+    c.grpo.chunk_size = 128
     c.grpo.response_bucket = 64
     c.optim.learning_rate = 1e-4
     c.optim.weight_decay = 0.0

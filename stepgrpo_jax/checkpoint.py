@@ -1,5 +1,6 @@
-"""Orbax checkpoints: params, optimizer state and a JSON record (step, model config, data
-position, RNG) per step, and `load_model` for any model path (HF directory or our checkpoint).
+"""Orbax checkpoints: saving and restoring the train state with a JSON record (step, model
+config, data positions, seed) per step, the initial model of a run (`initial_model`), and
+`load_model` for any model path (HF directory or a checkpoint of ours).
 
 A checkpoint directory holds one folder per step with the items `params`, optionally
 `opt_state`, and `meta`. Orbax writes each step to a temporary folder and renames it when
@@ -14,11 +15,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from jax.sharding import Mesh
 
 from stepgrpo_jax import hf, model, parallel
 from stepgrpo_jax.model import ModelConfig, Params
+from stepgrpo_jax.train_state import TrainState
 
 
 def config_to_json(cfg: ModelConfig) -> dict[str, Any]:
@@ -41,6 +46,11 @@ class Checkpoints:
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("params", "opt_state", "meta"))
+
+    @classmethod
+    def from_config(cls, ckpt: ml_collections.ConfigDict, workdir: str) -> Checkpoints:
+        """The checkpoints of a run: `{workdir}/checkpoints`, kept and saved per `config.ckpt`."""
+        return cls(os.path.join(workdir, "checkpoints"), ckpt.max_to_keep, ckpt.async_save)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -89,16 +99,22 @@ class Checkpoints:
         self.manager.close()
 
 
-def abstract_params(cfg: ModelConfig, mesh: Mesh | None = None, rules=None) -> Params:
-    """ShapeDtypeStructs with shardings (the mesh's, or this process's first device)."""
+def abstract(tree, shardings=None):
+    """ShapeDtypeStructs of a tree of arrays or shapes, placed on `shardings` (a matching tree)
+    or, without, on the arrays' own shardings: the one way restore targets are built."""
+    if shardings is None:
+        shardings = jax.tree.map(lambda x: x.sharding, tree)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        tree, shardings)
+
+
+def abstract_params(cfg: ModelConfig, mesh: Mesh | None = None) -> Params:
+    """The params' restore target on `mesh`, or on this process's first device."""
     shapes = model.abstract_params(cfg)
     if mesh is None:
-        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        shardings = jax.tree.map(lambda _: sharding, shapes)
-    else:
-        shardings = parallel.tree_shardings(mesh, model.param_axes(cfg), shapes, rules)
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                        shapes, shardings)
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return abstract(shapes, jax.tree.map(lambda _: device, shapes))
+    return abstract(shapes, parallel.tree_shardings(mesh, model.param_axes(cfg), shapes))
 
 
 def is_checkpoint_dir(path: str) -> bool:
@@ -106,22 +122,61 @@ def is_checkpoint_dir(path: str) -> bool:
         any(name.isdigit() for name in os.listdir(path))
 
 
-def load_model(path: str, dtype: Any = None, step: int | None = None, mesh: Mesh | None = None,
-               rules=None) -> tuple[ModelConfig, Params]:
+def load_model(path: str, dtype: Any = None, step: int | None = None, mesh: Mesh | None = None
+               ) -> tuple[ModelConfig, Params]:
     """(cfg, params) from an HF directory or from a checkpoint directory of ours (latest step
     unless `step`). `dtype` casts the params (None keeps the stored dtype)."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no such model directory")
     if not is_checkpoint_dir(path):
-        return hf.load_pretrained(path, dtype=dtype, mesh=mesh, rules=rules)
+        return hf.load_pretrained(path, dtype=dtype, mesh=mesh)
     ckpt = Checkpoints(path, max_to_keep=None, async_save=False)
     try:
         meta = ckpt.read_meta(step)
         cfg = config_from_json(meta["model_config"])
-        params, _, _ = ckpt.restore(step, abstract_params(cfg, mesh, rules))
+        params, _, _ = ckpt.restore(step, abstract_params(cfg, mesh))
     finally:
         ckpt.close()
     if dtype is not None and jnp.dtype(dtype) != jnp.dtype(cfg.param_dtype):
         params = jax.tree.map(lambda p: p.astype(dtype), params)
         cfg = cfg.replace(param_dtype=jnp.dtype(dtype).name, dtype=jnp.dtype(dtype).name)
     return cfg, params
+
+
+def initial_model(config: ml_collections.ConfigDict, mesh: Mesh
+                  ) -> tuple[ModelConfig, Params | None]:
+    """A run's starting model: `config.model_dir` (HF or ours), else the preset `config.model`
+    (params None: random init happens born-sharded in the train state). The numerics
+    (dtypes, remat, attention blocks) are always `config.model`'s."""
+    m = config.model
+    numerics = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
+                    attention_block=m.attention_block)
+    if config.model_dir:
+        cfg, params = load_model(config.model_dir, dtype=m.param_dtype, mesh=mesh)
+        return cfg.replace(**numerics), params
+    return model.preset(m.preset, **dict(m.overrides), **numerics), None
+
+
+def restore_train_state(ckpt: Checkpoints, state: TrainState) -> tuple[TrainState, int, int]:
+    """(state, first step, this host's data position) from the latest checkpoint of the run,
+    onto the shardings of the fresh `state`; without a checkpoint, `state` at step 0."""
+    if ckpt.latest_step() is None:
+        return state, 0, 0
+    target = abstract(state)
+    params, opt_state, meta = ckpt.restore(None, target.params, target.opt_state)
+    logging.info("resumed from %s at step %d", ckpt.directory, meta["step"])
+    state = TrainState(params, opt_state, jnp.asarray(meta["updates"], jnp.int32))
+    return state, meta["step"], meta["data_position"][jax.process_index()]
+
+
+def save_train_state(ckpt: Checkpoints, step: int, state: TrainState, model_cfg: ModelConfig,
+                     data_position: int, seed: int) -> None:
+    """Params, optimizer state and what resuming needs: step, every host's data position."""
+    positions = [data_position]
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        positions = multihost_utils.process_allgather(np.int64(data_position)).tolist()
+    meta = {"step": step, "updates": int(jax.device_get(state.step)), "seed": seed,
+            "model_config": config_to_json(model_cfg), "data_position": positions}
+    ckpt.save(step, state.params, meta, state.opt_state, force=True)

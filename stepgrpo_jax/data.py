@@ -10,11 +10,13 @@ keyed by the files' paths, sizes and modification times and by the field mapping
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -23,6 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 ANSWER_FORMATS = ("plain", "gsm8k")
+_SPACE = re.compile(r"\s*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +42,11 @@ class FieldMap:
     answer: str = "answer"
     answer_format: str = "plain"  # "gsm8k": the reference answer is the text after "####".
     response: str = ""  # Field of a reference response, for supervised training ("": none).
+
+    @classmethod
+    def from_config(cls, data: Mapping[str, Any]) -> FieldMap:
+        """The fields of a `config.data` section named like this class's."""
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
 
 class DataError(ValueError):
@@ -58,7 +66,10 @@ def _field(row: Any, path: str) -> Any:
 
 
 def _rows(path: str) -> Iterator[tuple[int, Any]]:
-    """(line or row number from 1, parsed row or the exception that spoiled it)."""
+    """(line or row number from 1, parsed row or the exception that spoiled it).
+
+    JSON numbers are read as `decimal.Decimal`, so an answer keeps the digits the file wrote.
+    """
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
 
@@ -66,29 +77,97 @@ def _rows(path: str) -> Iterator[tuple[int, Any]]:
             yield i, row
         return
     with open(path, "rb") as f:
-        for i, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                yield i, json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                yield i, e
+        raw = f.read()
+    if raw.lstrip()[:1] == b"[":
+        yield from _json_array(path, raw)
+        return
+    for i, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield i, json.loads(line.decode("utf-8"), parse_float=decimal.Decimal)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            if i == 1:
+                _check_not_one_document(path, raw)
+            yield i, e
 
 
-def parse_row(row: Any, fields: FieldMap) -> tuple[str, str, str]:
-    """(problem, answer, response) of one parsed row; raises ValueError saying what is wrong."""
+def _json_array(path: str, raw: bytes) -> Iterator[tuple[int, Any]]:
+    """The elements of a file holding one JSON array, each with the line it starts on."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: bad encoding ({e})") from None
+    decoder = json.JSONDecoder(parse_float=decimal.Decimal)
+    pos, line, counted = text.index("[") + 1, 1, 0
+    while (pos := _SPACE.match(text, pos).end()) < len(text) and text[pos] != "]":
+        line, counted = line + text.count("\n", counted, pos), pos
+        try:
+            row, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: invalid JSON in the array ({e.msg})") from None
+        yield line, row
+        pos = _SPACE.match(text, pos).end()
+        if text.startswith(",", pos):
+            pos += 1
+        elif not text.startswith("]", pos):
+            break
+    if not text.startswith("]", pos):
+        line += text.count("\n", counted, pos)
+        raise DataError(f"{path}:{line}: invalid JSON in the array (',' or ']' expected)")
+
+
+def _check_not_one_document(path: str, raw: bytes) -> None:
+    """A file whose first line is not JSON but which parses whole (a pretty-printed object) has
+    the wrong shape, not a bad first row: say so."""
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return
+    raise DataError(f"{path}: JSON Lines or a JSON array expected, found one "
+                    f"{type(doc).__name__} spanning the file")
+
+
+def _text(name: str, value: Any) -> tuple[str, str | None]:
+    """(the field as text, a warning or None). Numbers keep their exact value and are written
+    without an exponent (1e-05 -> 0.00001): math-verify reads `1e-05` as e - 5."""
+    if isinstance(value, str):
+        return value.strip(), None
+    if isinstance(value, bool) or not isinstance(value, (int, float, decimal.Decimal)):
+        raise ValueError(f"field {name!r} is a {type(value).__name__}, expected text")
+    if isinstance(value, int):
+        return str(value), None
+    number = decimal.Decimal(repr(value)) if isinstance(value, float) else value
+    if not number.is_finite():
+        raise ValueError(f"field {name!r} is {value}, expected a finite number")
+    warning = None
+    # A binary float (Parquet) is exact as the shortest decimal that reads back as it; past
+    # 15 significant digits that decimal may not be what was meant (0.1 stored as float32).
+    if isinstance(value, float) and len(number.as_tuple().digits) > 15:
+        warning = (f"field {name!r} is the float {value!r}, which may not be the exact value "
+                   "meant; store answers as text")
+    return format(number, "f"), warning
+
+
+def parse_row(row: Any, fields: FieldMap) -> tuple[str, str, str, list[str]]:
+    """(problem, answer, response, warnings) of one parsed row; raises ValueError saying what is
+    wrong."""
     if isinstance(row, Exception):
         kind = "bad encoding" if isinstance(row, UnicodeDecodeError) else "invalid JSON"
         raise ValueError(f"{kind} ({row})")
-    out = []
+    if not isinstance(row, dict):
+        raise ValueError("a JSON object expected (JSON Lines or a JSON array of objects), got a "
+                         f"{type(row).__name__}")
+    out, warnings = [], []
     for name in (fields.problem, fields.answer) + ((fields.response,) if fields.response else ()):
         try:
             value = _field(row, name)
         except KeyError:
-            raise ValueError(f"missing field {name!r}") from None
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ValueError(f"field {name!r} is a {type(value).__name__}, expected text")
-        out.append(str(value).strip())
+            raise ValueError(f"missing field {name!r} (the row has: "
+                             f"{', '.join(map(str, row))})") from None
+        text, warning = _text(name, value)
+        out.append(text)
+        warnings += [warning] if warning else []
     problem, answer, response = (*out, "") if len(out) == 2 else out
     if fields.answer_format == "gsm8k":
         if "####" not in answer:
@@ -100,19 +179,20 @@ def parse_row(row: Any, fields: FieldMap) -> tuple[str, str, str]:
         raise ValueError(f"empty field {fields.answer!r}")
     if fields.response and not response:
         raise ValueError(f"empty field {fields.response!r}")
-    return problem, answer, response
+    return problem, answer, response, warnings
 
 
 class ProblemFiles(tfds.core.GeneratorBasedBuilder):
     """TFDS builder over local problem files (one `train` split, ArrayRecord)."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")  # 1.1: numbers written exactly
 
     def __init__(self, files: Sequence[str], fields: FieldMap, skip_malformed: bool, **kwargs):
         self.files = [os.path.abspath(f) for f in files]
         self.fields = fields
         self.skip_malformed = skip_malformed
         self.skipped: list[str] = []
+        self.warnings: list[str] = []
         super().__init__(config=tfds.core.BuilderConfig(name=self._fingerprint()), **kwargs)
 
     def _fingerprint(self) -> str:
@@ -133,23 +213,39 @@ class ProblemFiles(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self):
         for path in self.files:
+            kept, skipped = 0, len(self.skipped)
             for line, row in _rows(path):
                 source = f"{path}:{line}"
                 try:
-                    problem, answer, response = parse_row(row, self.fields)
+                    problem, answer, response, warnings = parse_row(row, self.fields)
                 except ValueError as e:
                     if not self.skip_malformed:
                         raise DataError(f"{source}: {e}") from None
                     self.skipped.append(f"{source}: {e}")
                     continue
+                self.warnings += [f"{source}: {w}" for w in warnings]
+                kept += 1
                 yield source, {"problem": problem, "answer": answer, "response": response,
                                "source": source}
+            if not kept:
+                bad = self.skipped[skipped:]
+                raise DataError(f"{path}: no usable rows" + (
+                    f"; all {len(bad)} are malformed, the first: {bad[0]}" if bad else ""))
         self.info.metadata["skipped"] = self.skipped
+        self.info.metadata["warnings"] = self.warnings
 
 
 def load_problems(files: Sequence[str], fields: FieldMap = FieldMap(),
-                  skip_malformed: bool = False, data_dir: str | None = None):
+                  skip_malformed: bool = False, data_dir: str | None = None,
+                  prompt_lengths: Callable[[list[str]], Sequence[int]] | None = None,
+                  max_prompt_tokens: int | None = None):
     """Prepares (once) and opens the files as a TFDS random-access data source.
+
+    `.jsonl` files hold one JSON object per line, `.json` files that or one array of objects.
+    With `prompt_lengths` (problems -> prompt token counts) and `max_prompt_tokens` (the largest
+    prompt bucket), a longer prompt is a malformed row, found here rather than at the rollout
+    that draws it. A malformed row raises `DataError` naming its file and line, or with
+    `skip_malformed` is skipped, counted and logged; a file with no usable row always raises.
 
     Returns `(source, skipped)`: rows sorted by file and line, and the list of skipped rows.
     """
@@ -159,7 +255,7 @@ def load_problems(files: Sequence[str], fields: FieldMap = FieldMap(),
         if not os.path.isfile(f):
             raise FileNotFoundError(f"{f}: no such data file")
         if not f.endswith((".jsonl", ".json", ".parquet")):
-            raise ValueError(f"{f}: expected a .jsonl or .parquet file")
+            raise ValueError(f"{f}: expected a .jsonl, .json or .parquet file")
     if fields.answer_format not in ANSWER_FORMATS:
         raise ValueError(f"answer_format={fields.answer_format!r}; expected {ANSWER_FORMATS}")
     data_dir = data_dir or os.path.join(os.path.expanduser("~"), ".cache", "stepgrpo_jax", "tfds")
@@ -172,9 +268,51 @@ def load_problems(files: Sequence[str], fields: FieldMap = FieldMap(),
     builder = ProblemFiles(files, fields, skip_malformed, data_dir=data_dir,
                            file_format="array_record")
     skipped = list(builder.info.metadata.get("skipped", []))
+    for w in builder.info.metadata.get("warnings", []):
+        logging.warning("%s", w)
+    source = _SortedSource(builder.as_data_source(split="train"))
+    if prompt_lengths is not None:
+        skipped += _drop_long_prompts(source, prompt_lengths, max_prompt_tokens, skip_malformed)
     for s in skipped:
         logging.warning("skipped malformed row %s", s)
-    return _SortedSource(builder.as_data_source(split="train")), skipped
+    return source, skipped
+
+
+def _drop_long_prompts(source: _SortedSource, prompt_lengths, max_prompt_tokens: int,
+                       skip_malformed: bool) -> list[str]:
+    """Removes rows whose prompt exceeds `max_prompt_tokens` from `source`; their reasons."""
+    problems = [source[i] for i in range(len(source))]
+    lengths = prompt_lengths([p.problem for p in problems])
+    long = [(p.source, n) for p, n in zip(problems, lengths, strict=True)
+            if n > max_prompt_tokens]
+    reasons = [f"{where}: prompt of {n} tokens is longer than the largest prompt bucket "
+               f"({max_prompt_tokens})" for where, n in long]
+    if long and not skip_malformed:
+        raise DataError(f"{reasons[0]}" + (f" (and {len(long) - 1} more rows)" if len(long) > 1
+                                           else "") + "; data.skip_malformed skips such rows")
+    if len(long) == len(problems):
+        raise DataError(f"no usable rows: all {len(long)} prompts are too long, the first: "
+                        f"{reasons[0]}")
+    too_long = {where for where, _ in long}
+    source.order = [i for i, p in zip(source.order, problems, strict=True)
+                    if p.source not in too_long]
+    return reasons
+
+
+def load_from_config(data: Mapping[str, Any], files: str | Sequence[str],
+                     prompt_lengths: Callable[[list[str]], Sequence[int]] | None = None,
+                     max_prompt_tokens: int | None = None):
+    """`load_problems` of `files` (a sequence, or a comma-separated string as a command-line
+    override gives) with the field mapping and options of a `config.data` section."""
+    return load_problems(as_list(files), FieldMap.from_config(data), data["skip_malformed"],
+                         data["cache_dir"] or None, prompt_lengths, max_prompt_tokens)
+
+
+def as_list(files: str | Sequence[str]) -> list[str]:
+    """Files as a sequence or a comma-separated string."""
+    if isinstance(files, str):
+        return [f for f in files.split(",") if f]
+    return list(files)
 
 
 def _sync_hosts(name: str) -> None:

@@ -45,7 +45,7 @@ def warm_start(config: ml_collections.ConfigDict, paths: dict[str, str], workdir
     """Supervised training on the traces; returns the checkpoint directory."""
     d = config.demo
     c = override(config, mode="sft", tokenizer_dir=paths["tokenizer"], total_steps=d.sft_steps,
-              **{"data.train_files": (paths["sft"],), "data.response_field": "response",
+              **{"data.train_files": (paths["sft"],), "data.response": "response",
                  "optim.learning_rate": d.sft_learning_rate, "optim.schedule": "cosine",
                  "optim.warmup_steps": d.sft_warmup_steps, "eval.files": ()})
     sft.train(c, workdir)

@@ -6,6 +6,7 @@ response tokens, steps, and the compression rate against a base model's results 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -15,13 +16,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from stepgrpo_jax import data, experiment, parallel, rewards, sampling, tokenizer
+from stepgrpo_jax import checkpoint, data, grading, parallel, rewards, sampling, tokenizer
 from stepgrpo_jax.model import Params
 
 
 def evaluate_problems(sampler: sampling.Sampler, params: Params, tok,
                       problems: Sequence[data.Problem], num_samples: int, batch_size: int,
-                      grader: rewards.Grader, rng: jax.Array,
+                      grader: grading.Grader, rng: jax.Array,
                       triggers: Sequence[str] = ("Wait",)) -> dict[str, Any]:
     """Samples k completions per problem (this host's share) and grades them.
 
@@ -37,12 +38,12 @@ def evaluate_problems(sampler: sampling.Sampler, params: Params, tok,
         n = min(batch_size, len(rows) - start)
         texts = tok.batch_decode([out.completion(i) for i in range(n)],
                                  skip_special_tokens=False)
-        preds = [rewards.extract_boxed(t) for t in texts]
-        graded = grader.grade([p.answer for _, p in chunk[:n]], preds)
+        boxes = [grading.answer_boxes(t) for t in texts]
+        graded = grader.grade([p.answer for _, p in chunk[:n]], boxes)
         for j in range(n):
             records.append({
                 "problem": chunk[j][0], "source": chunk[j][1].source,
-                "correct": bool(graded.correct[j]), "formatted": preds[j] is not None,
+                "correct": bool(graded.correct[j]), "formatted": bool(boxes[j]),
                 "tokens": int(out.lengths[j]), "steps": rewards.count_steps(texts[j], triggers),
                 "exit_reason": out.exit_reason(j), "text": texts[j]})
     summary = {k: _global_mean([r[k] for r in records]) for k in
@@ -87,20 +88,25 @@ def format_table(results: dict[str, dict]) -> str:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Evaluates `config.model_dir` on every file of `config.eval.files`; writes the results
     (per benchmark: means and per-sample records) as JSON and prints a table."""
-    files = experiment.as_list(config.eval.files)
+    files = data.as_list(config.eval.files)
     if not files:
         raise ValueError("config.eval.files is empty: name the benchmark files to evaluate")
     if not config.model_dir:
         raise ValueError("config.model_dir is empty: name the model to evaluate")
-    mesh, rules = experiment.build_mesh(config), experiment.mesh_rules(config)
-    experiment.check_batch_divides(config.eval.batch_size, mesh, "eval.batch_size")
-    tok = experiment.load_tokenizer(config)
-    model_cfg, params = experiment.load_initial_model(config, mesh, rules)
-    sampler = experiment.make_sampler(config, tok, model_cfg, mesh, evaluation=True)
+    mesh = parallel.make_mesh(config.mesh.shape)
+    parallel.check_batch_divides(config.eval.batch_size, mesh, "eval.batch_size")
+    tok = tokenizer.load(config.tokenizer_dir or config.model_dir)
+    model_cfg, params = checkpoint.initial_model(config, mesh)
+    tables = sampling.TriggerTables.from_tokenizer(tok, tuple(config.dtr.triggers),
+                                                   model_cfg.vocab_size)
+    sampler = sampling.Sampler(
+        model_cfg, sampling.SamplerConfig.from_config(config, tok, evaluation=True), tables, mesh)
     results = {}
-    with rewards.Grader(config.reward.grader_workers, config.reward.grader_timeout_s) as grader:
+    with grading.Grader(config.reward.grader_workers, config.reward.grader_timeout_s) as grader:
         for path in files:
-            source, _ = experiment.load_problem_files(config, [path])
+            source, _ = data.load_from_config(
+                config.data, [path], functools.partial(tokenizer.problem_prompt_lengths, tok),
+                max(config.sampling.prompt_buckets))
             problems = [source[i] for i in range(len(source))]
             if config.eval.max_problems:
                 problems = problems[:config.eval.max_problems]

@@ -1,4 +1,4 @@
-"""GRPO (SPEC §5): group advantages, the clipped policy loss, and the jitted, sharded update.
+"""GRPO (SPEC §5): group advantages, the clipped policy loss, its update and the rollout step.
 
 Batch layout (one row per completion; the trainer builds it):
   input_ids       [B, T] int32    prompt (left-padded) then completion (right-padded)
@@ -17,39 +17,53 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
-from stepgrpo_jax import model, parallel
+from stepgrpo_jax import model, train_state
 from stepgrpo_jax.model import ModelConfig, Params
 
-Batch = dict[str, jax.Array]
-Metrics = dict[str, jax.Array]
+Batch = train_state.Batch
+Metrics = train_state.Metrics
 
 SCALES = ("group", "batch", "none")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-SCHEDULES = ("constant", "cosine", "linear")
+K3_CLAMP = 10.0  # Bound of each token's k3 KL value (SPEC §5).
 
 
-def group_advantages(rewards: jax.Array, group_size: int, scale: str = "group",
-                     eps: float = 1e-6) -> jax.Array:
-    """A_i = (R_i - mean_G R) / (std R + eps), rewards laid out group after group.
+def equal_reward_groups(rewards: np.ndarray, group_size: int) -> np.ndarray:
+    """[num_groups] bool: the groups whose rewards are all equal (no learning signal)."""
+    r = np.asarray(rewards).reshape(-1, group_size)
+    return (r == r[:, :1]).all(axis=1)
+
+
+def group_advantages(rewards: np.ndarray, group_size: int, scale: str = "group",
+                     eps: float = 1e-6) -> np.ndarray:
+    """A_i = (R_i - mean_G R) / (std R + eps), rewards [N] laid out group after group; [N] float64.
 
     The std (Bessel-corrected) is the group's (`scale="group"`), the whole batch's ("batch"),
-    or no division at all ("none").
+    or no division at all ("none"). Computed on the host in float64, and a group whose rewards
+    are all equal gets exactly 0: otherwise the rounding residue of its mean, divided by a std of
+    the same size, becomes a full-size signal (eight rewards of 0.1 gave -0.0074 each in float32).
     """
     if scale not in SCALES:
         raise ValueError(f"scale={scale!r}; expected one of {SCALES}")
-    if group_size < 2 or rewards.shape[0] % group_size:
-        raise ValueError(f"{rewards.shape[0]} rewards do not split into groups of "
+    r = np.asarray(rewards, np.float64)
+    if r.ndim != 1 or group_size < 2 or r.shape[0] % group_size:
+        raise ValueError(f"rewards of shape {r.shape} do not split into groups of "
                          f"{group_size} (need group_size >= 2)")
-    r = jnp.asarray(rewards, jnp.float32).reshape(-1, group_size)
-    centred = r - r.mean(axis=1, keepdims=True)
+    if not np.isfinite(r).all():
+        raise ValueError(f"non-finite rewards: {r[~np.isfinite(r)][:8]}")
+    r = r.reshape(-1, group_size)
+    centred = np.where(equal_reward_groups(r, group_size)[:, None], 0.0,
+                       r - r.mean(axis=1, keepdims=True))
     if scale == "group":
         centred = centred / (r.std(axis=1, ddof=1, keepdims=True) + eps)
     elif scale == "batch":
@@ -88,58 +102,30 @@ class LossConfig:
             raise ValueError("loss_agg='seq-mean-token-sum-norm' needs max_response_len > 0, "
                              f"got {self.max_response_len}")
 
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> LossConfig:
+        """The fields of `config.grpo` named like this class's; Dr.GRPO's constant is the
+        response budget `config.sampling.max_new_tokens`."""
+        grpo = config["grpo"]
+        return cls(**{f.name: grpo[f.name] for f in dataclasses.fields(cls) if f.name in grpo},
+                   max_response_len=config["sampling"]["max_new_tokens"])
+
 
 # ---------------------------------------------------------------------------------------------
-# Log-probs and the loss.
+# The loss.
 # ---------------------------------------------------------------------------------------------
-
-def token_logprobs(cfg: ModelConfig, params: Params, input_ids: jax.Array,
-                   attention_mask: jax.Array, chunk_size: int = 512
-                   ) -> tuple[jax.Array, jax.Array]:
-    """Log-prob of each token given the tokens before it, and the entropy of that prediction.
-
-    Both [B, T] float32; position 0 has no prediction and gets 0. The float32 logits exist one
-    chunk of `chunk_size` positions at a time ([B, chunk, V]), and the backward pass recomputes
-    them chunk by chunk, so no [B, T, V] tensor is ever live.
-    """
-    h, _ = model.hidden_states(cfg, params, input_ids, attention_mask)  # [B, T, D]
-    B, T, D = h.shape
-    n = -(-(T - 1) // chunk_size)
-    pad = n * chunk_size - (T - 1)
-    # Hidden state t predicts token t + 1.
-    h = jnp.pad(h[:, :-1], ((0, 0), (0, pad), (0, 0)))
-    targets = jnp.pad(input_ids[:, 1:], ((0, 0), (0, pad)))
-    h = h.reshape(B, n, chunk_size, D).swapaxes(0, 1)  # [n, B, C, D]
-    targets = targets.reshape(B, n, chunk_size).swapaxes(0, 1)  # [n, B, C]
-
-    @jax.checkpoint
-    def chunk(xs):
-        h_c, t_c = xs
-        logits = model.logits_from_hidden(cfg, params, h_c)  # [B, C, V] float32
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        # A masked sum rather than a gather: it stays local when the vocab is sharded.
-        hit = jnp.arange(logits.shape[-1]) == t_c[..., None]
-        logp = jnp.sum(jnp.where(hit, logits, 0.0), axis=-1) - lse
-        entropy = lse - jnp.sum(jnp.exp(logits - lse[..., None]) * logits, axis=-1)
-        return logp, entropy
-
-    logp, entropy = jax.lax.map(chunk, (h, targets))  # [n, B, C] each
-
-    def unchunk(x):
-        x = x.swapaxes(0, 1).reshape(B, n * chunk_size)[:, :T - 1]
-        return jnp.pad(x, ((0, 0), (1, 0)))
-
-    return unchunk(logp), unchunk(entropy)
-
 
 def kl_penalty(logp: jax.Array, ref_logp: jax.Array, cfg: LossConfig) -> jax.Array:
-    """Per-token estimate of KL(policy || reference) from sampled-token log-probs."""
+    """Per-token estimate of KL(policy || reference) from sampled-token log-probs; k3 is
+    clamped to [-K3_CLAMP, K3_CLAMP]."""
     if cfg.kl_estimator == "k1":
         return logp - ref_logp
     if cfg.kl_estimator == "k2":
         return 0.5 * jnp.square(logp - ref_logp)
     d = jnp.clip(ref_logp - logp, -cfg.logratio_clip, cfg.logratio_clip)
-    return jnp.exp(d) - d - 1.0
+    # Clamped per token as verl's low_var_kl does, so that one token far from the reference
+    # (log-ratio 12: e^12 - 13 = 162,741.8 before the clamp) cannot dominate the update.
+    return jnp.clip(jnp.exp(d) - d - 1.0, -K3_CLAMP, K3_CLAMP)
 
 
 def aggregation_totals(loss_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -204,20 +190,6 @@ def policy_loss(logp: jax.Array, batch: Batch, cfg: LossConfig,
 # Micro-batches and gradients.
 # ---------------------------------------------------------------------------------------------
 
-def _split_rows(tree, n: int):
-    """[B, ...] -> [n, B/n, ...] where part k holds rows k, k+n, k+2n, ...
-
-    Strided rather than contiguous: with the batch sharded in contiguous blocks, every device
-    keeps its own rows in every part, so splitting moves no data.
-    """
-    def split(x):
-        if x.shape[0] % n:
-            raise ValueError(f"batch of {x.shape[0]} rows does not split into {n} parts")
-        x = x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
-        return parallel.constrain(x, (None, "act_batch") + (None,) * (x.ndim - 2))
-    return jax.tree.map(split, tree)
-
-
 def _combine(stacked: Metrics) -> Metrics:
     """Metrics of the micro-batches ([n] each) -> the mini-batch's."""
     reduce = {"ratio_min": jnp.min, "ratio_max": jnp.max}
@@ -230,8 +202,8 @@ def loss_and_grads(model_cfg: ModelConfig, loss_cfg: LossConfig, params: Params,
     totals = aggregation_totals(batch["loss_mask"])
 
     def micro_loss(p, mb):
-        logp, entropy = token_logprobs(model_cfg, p, mb["input_ids"], mb["attention_mask"],
-                                       chunk_size)
+        logp, entropy = model.token_logprobs(model_cfg, p, mb["input_ids"],
+                                             mb["attention_mask"], chunk_size)
         return policy_loss(logp, mb, loss_cfg, jax.lax.stop_gradient(entropy), totals)
 
     grad_fn = jax.grad(micro_loss, has_aux=True)
@@ -245,187 +217,36 @@ def loss_and_grads(model_cfg: ModelConfig, loss_cfg: LossConfig, params: Params,
         return jax.tree.map(jnp.add, acc, to_f32(grads)), metrics
 
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    grads, stacked = jax.lax.scan(body, zeros, _split_rows(batch, num_microbatches))
+    grads, stacked = jax.lax.scan(body, zeros, train_state.split_rows(batch, num_microbatches))
     return grads, _combine(stacked)
-
-
-# ---------------------------------------------------------------------------------------------
-# Optimiser and train state.
-# ---------------------------------------------------------------------------------------------
-
-def make_schedule(learning_rate: float, schedule: str = "constant", warmup_steps: int = 0,
-                  total_steps: int | None = None) -> optax.Schedule:
-    """Linear warm-up from 0, then constant, cosine or linear decay to 0 at `total_steps`."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule={schedule!r}; expected one of {SCHEDULES}")
-    if schedule == "constant":
-        decay = optax.constant_schedule(learning_rate)
-    elif total_steps is None or total_steps <= warmup_steps:
-        raise ValueError(f"schedule={schedule!r} needs total_steps > warmup_steps="
-                         f"{warmup_steps}, got {total_steps}")
-    elif schedule == "cosine":
-        decay = optax.cosine_decay_schedule(learning_rate, total_steps - warmup_steps)
-    else:
-        decay = optax.linear_schedule(learning_rate, 0.0, total_steps - warmup_steps)
-    if warmup_steps == 0:
-        return decay
-    warmup = optax.linear_schedule(0.0, learning_rate, warmup_steps)
-    return optax.join_schedules([warmup, decay], [warmup_steps])
-
-
-def make_optimizer(learning_rate: float = 1e-6, weight_decay: float = 0.01,
-                   grad_clip: float = 1.0, schedule: str = "constant", warmup_steps: int = 0,
-                   total_steps: int | None = None) -> optax.GradientTransformation:
-    """Global-norm clipping, then AdamW (torch defaults) with a learning-rate schedule."""
-    lr = make_schedule(learning_rate, schedule, warmup_steps, total_steps)
-    # inject_hyperparams records the learning rate of each update in the state (`current_lr`).
-    adamw = optax.inject_hyperparams(optax.adamw)(learning_rate=lr, weight_decay=weight_decay)
-    return optax.chain(optax.clip_by_global_norm(grad_clip), adamw)
-
-
-def current_lr(opt_state: optax.OptState) -> jax.Array:
-    """The learning rate of the last update, from a `make_optimizer` state."""
-    return opt_state[1].hyperparams["learning_rate"]
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class TrainState:
-    params: Params
-    opt_state: optax.OptState
-    step: jax.Array  # [] int32, updates applied (skipped ones do not count).
-
-
-def _new_state(optimizer: optax.GradientTransformation, params: Params) -> TrainState:
-    return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
-
-
-def state_shardings(model_cfg: ModelConfig, optimizer: optax.GradientTransformation,
-                    mesh: Mesh) -> TrainState:
-    """NamedShardings of the train state: optimiser moments follow their params."""
-    abstract = jax.eval_shape(functools.partial(_new_state, optimizer),
-                              model.abstract_params(model_cfg))
-    params = parallel.tree_shardings(mesh, model.param_axes(model_cfg), abstract.params)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    opt_state = optax.tree_map_params(
-        optimizer, lambda _, s: s, abstract.opt_state, params,
-        transform_non_params=lambda _: replicated,
-        is_leaf=lambda x: isinstance(x, NamedSharding))
-    return TrainState(params, opt_state, replicated)
-
-
-def init_train_state(model_cfg: ModelConfig, optimizer: optax.GradientTransformation,
-                     mesh: Mesh, rng: jax.Array | None = None,
-                     params: Params | None = None) -> TrainState:
-    """The train state born sharded, from `params` when given (copied: e.g. HF weights, which
-    can then serve as the KL reference), else from random params drawn with `rng`."""
-    if rng is None and params is None:
-        raise ValueError("init_train_state needs params or an rng")
-    shardings = state_shardings(model_cfg, optimizer, mesh)
-    new_state = functools.partial(_new_state, optimizer)
-    if params is None:
-        init = jax.jit(lambda key: new_state(model.init_params(model_cfg, key)),
-                       out_shardings=shardings)
-        return init(rng)
-    return jax.jit(new_state, out_shardings=shardings)(params)
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Rows over the batch axes; a prefix for every leaf of a batch ([B] or [B, T])."""
-    return parallel.named_sharding(mesh, ("act_batch",))
-
-
-# ---------------------------------------------------------------------------------------------
-# Jitted steps.
-# ---------------------------------------------------------------------------------------------
-
-def apply_update(state: TrainState, grads: Params, loss: jax.Array,
-                 optimizer: optax.GradientTransformation) -> tuple[TrainState, Metrics]:
-    """The optimiser step, skipped (state returned unchanged) if the loss or gradient is not
-    finite. Metrics: loss, grad_norm, lr, skipped (1 when skipped)."""
-    grad_norm = optax.tree.norm(grads)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    # One NaN would poison Adam's moments for good: keep the old state instead.
-    keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(ok, new, old))
-    new_state = TrainState(keep(params, state.params), keep(opt_state, state.opt_state),
-                           state.step + ok.astype(jnp.int32))
-    return new_state, {"loss": loss, "grad_norm": grad_norm, "lr": current_lr(opt_state),
-                       "skipped": 1 - ok.astype(jnp.int32)}
-
-
-def update_step(state: TrainState, batch: Batch, *, model_cfg: ModelConfig,
-                loss_cfg: LossConfig, optimizer: optax.GradientTransformation,
-                num_microbatches: int = 1, chunk_size: int = 512) -> tuple[TrainState, Metrics]:
-    """One GRPO optimiser update on a mini-batch; a non-finite loss or gradient skips it."""
-    grads, metrics = loss_and_grads(model_cfg, loss_cfg, state.params, batch,
-                                    num_microbatches, chunk_size)
-    state, update_metrics = apply_update(state, grads, metrics["loss"], optimizer)
-    return state, {**metrics, **update_metrics}
 
 
 def make_update_step(model_cfg: ModelConfig, loss_cfg: LossConfig,
                      optimizer: optax.GradientTransformation, mesh: Mesh, *,
-                     num_microbatches: int = 1, chunk_size: int = 512
-                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """`update_step` jitted over `mesh`; the state is donated, metrics are device scalars."""
-    shardings = state_shardings(model_cfg, optimizer, mesh)
-    step = jax.jit(
-        functools.partial(update_step, model_cfg=model_cfg, loss_cfg=loss_cfg,
-                          optimizer=optimizer, num_microbatches=num_microbatches,
-                          chunk_size=chunk_size),
-        in_shardings=(shardings, batch_sharding(mesh)),
-        out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())),
-        donate_argnums=0)
-
-    def run(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        with jax.set_mesh(mesh):  # Activation constraints inside the model read this mesh.
-            return step(state, batch)
-
-    return run
+                     num_microbatches: int = 1, chunk_size: int = 512) -> train_state.StepFn:
+    """One jitted GRPO optimiser update on a mini-batch (`train_state.make_train_step` over
+    `loss_and_grads`); a non-finite loss or gradient skips it."""
+    grad_fn = functools.partial(loss_and_grads, model_cfg, loss_cfg,
+                                num_microbatches=num_microbatches, chunk_size=chunk_size)
+    return train_state.make_train_step(grad_fn, model_cfg, optimizer, mesh)
 
 
-def make_compute_logprobs(model_cfg: ModelConfig, mesh: Mesh, *, num_microbatches: int = 1,
-                          chunk_size: int = 512) -> Callable[[Params, Batch], jax.Array]:
-    """Jitted `(params, batch) -> log-probs [B, T]`, zeroed where loss_mask is 0.
-
-    For the old log-probs (current params) and the reference ones (frozen initial params).
-    """
-    def logprobs(params, batch):
-        def one(mb):
-            logp, _ = token_logprobs(model_cfg, params, mb["input_ids"], mb["attention_mask"],
-                                     chunk_size)
-            return logp * mb["loss_mask"]
-
-        keys = ("input_ids", "attention_mask", "loss_mask")
-        parts = _split_rows({k: batch[k] for k in keys}, num_microbatches)
-        out = jax.lax.map(one, parts)  # [n, B/n, T], row k + n*j at [k, j]
-        return out.swapaxes(0, 1).reshape(-1, out.shape[-1])
-
-    rows = batch_sharding(mesh)
-    param_shardings = parallel.tree_shardings(mesh, model.param_axes(model_cfg),
-                                              model.abstract_params(model_cfg))
-    jitted = jax.jit(logprobs, in_shardings=(param_shardings, rows), out_shardings=rows)
-
-    def run(params: Params, batch: Batch) -> jax.Array:
-        with jax.set_mesh(mesh):
-            return jitted(params, batch)
-
-    return run
-
+# ---------------------------------------------------------------------------------------------
+# A rollout step.
+# ---------------------------------------------------------------------------------------------
 
 @functools.partial(jax.jit, static_argnums=1)
 def split_minibatches(batch: Batch, num_minibatches: int) -> tuple[Batch, ...]:
     """The K mini-batches of a rollout batch; mini-batch k holds rows k, k+K, k+2K, ..."""
-    parts = _split_rows(batch, num_minibatches)
+    parts = train_state.split_rows(batch, num_minibatches)
     return tuple(jax.tree.map(lambda x, k=k: x[k], parts) for k in range(num_minibatches))
 
 
-def train_on_rollout(update: Callable[[TrainState, Batch], tuple[TrainState, Metrics]],
+def train_on_rollout(update: train_state.StepFn,
                      compute_logprobs: Callable[[Params, Batch], jax.Array],
-                     state: TrainState, batch: Batch, num_minibatches: int,
-                     ref_params: Params | None = None) -> tuple[TrainState, list[Metrics]]:
+                     state: train_state.TrainState, batch: Batch, num_minibatches: int,
+                     ref_params: Params | None = None
+                     ) -> tuple[train_state.TrainState, list[Metrics]]:
     """One rollout step: old (and, given `ref_params`, reference) log-probs, then K updates.
 
     `batch` needs input_ids, attention_mask, loss_mask and advantages. Pass `ref_params`

@@ -11,7 +11,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -103,8 +103,7 @@ def _weight_files(path: str) -> dict[str, str]:
         raise CheckpointError(f"{single}: unreadable safetensors file ({e})") from e
 
 
-def load_pretrained(path: str, dtype: Any = jnp.float32, mesh: Mesh | None = None,
-                    rules: Mapping[str, Sequence[str]] | None = None
+def load_pretrained(path: str, dtype: Any = jnp.float32, mesh: Mesh | None = None
                     ) -> tuple[ModelConfig, Params]:
     """Reads an HF Qwen3 directory (single-file or sharded safetensors).
 
@@ -155,7 +154,7 @@ def load_pretrained(path: str, dtype: Any = jnp.float32, mesh: Mesh | None = Non
         w = w.astype(dtype)
         if mesh is None:
             return jnp.asarray(w)
-        sharding = parallel.named_sharding(mesh, spec.axes, w.shape, rules)
+        sharding = parallel.named_sharding(mesh, spec.axes, w.shape)
         return jax.make_array_from_callback(w.shape, sharding, lambda idx: w[idx])
 
     try:

@@ -35,7 +35,6 @@ DEFAULT_RULES: dict[str, tuple[str, ...]] = {
     "act_seq": (),
     "act_embed": (),
     "act_heads": ("tensor",),
-    "act_kv_heads": ("tensor",),
     "act_mlp": ("tensor",),
     "act_vocab": ("tensor",),
     # KV cache.
@@ -52,13 +51,15 @@ _RULES: contextvars.ContextVar[Rules | None] = contextvars.ContextVar("rules", d
 
 @contextlib.contextmanager
 def logical_rules(rules: Rules | None) -> Iterator[None]:
-    """Overrides DEFAULT_RULES entries for every `constrain`, `logical_to_spec` and
-    `named_sharding` inside the block (nested blocks stack), so model code needs no rules argument.
+    """Overrides DEFAULT_RULES entries (e.g. `config.mesh.rules`) for every sharding derived
+    from logical names inside the block (nested blocks stack): the one way rules travel, so no
+    function takes a rules argument.
 
     Rules are read when a function is traced: jit's cache does not see them, so enter the block
     around the whole run, before anything that uses them is jitted.
     """
-    token = _RULES.set({**(_RULES.get() or {}), **(rules or {})})
+    rules = {name: tuple(axes) for name, axes in (rules or {}).items()}
+    token = _RULES.set({**(_RULES.get() or {}), **rules})
     try:
         yield
     finally:
@@ -86,15 +87,15 @@ def make_mesh(shape: Sequence[int] = (1, 1, -1),
     return Mesh(grid, MESH_AXES)
 
 
-def logical_to_spec(axes: Axes, shape: Sequence[int] | None = None, mesh: Mesh | None = None,
-                    rules: Rules | None = None) -> PartitionSpec:
+def logical_to_spec(axes: Axes, shape: Sequence[int] | None = None,
+                    mesh: Mesh | None = None) -> PartitionSpec:
     """The PartitionSpec of an array with logical `axes`, under DEFAULT_RULES overridden by
-    `logical_rules` and then by `rules`.
+    `logical_rules`.
 
     With `shape` and `mesh`, mesh axes that do not divide a dimension (or that an earlier
     dimension already uses) are dropped, so the array is replicated along them.
     """
-    rules = {**DEFAULT_RULES, **(_RULES.get() or {}), **(rules or {})}
+    rules = {**DEFAULT_RULES, **(_RULES.get() or {})}
     used: set[str] = set()
     spec = []
     for i, name in enumerate(axes):
@@ -117,14 +118,13 @@ def logical_to_spec(axes: Axes, shape: Sequence[int] | None = None, mesh: Mesh |
     return PartitionSpec(*spec)
 
 
-def named_sharding(mesh: Mesh, axes: Axes, shape: Sequence[int] | None = None,
-                   rules: Rules | None = None) -> NamedSharding:
-    return NamedSharding(mesh, logical_to_spec(axes, shape, mesh, rules))
+def named_sharding(mesh: Mesh, axes: Axes, shape: Sequence[int] | None = None) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(axes, shape, mesh))
 
 
-def tree_shardings(mesh: Mesh, axes_tree, shapes_tree, rules=None):
+def tree_shardings(mesh: Mesh, axes_tree, shapes_tree):
     """Shardings of a pytree, from a tree of logical axes and a tree of arrays or shapes."""
-    return jax.tree.map(lambda axes, x: named_sharding(mesh, axes, x.shape, rules),
+    return jax.tree.map(lambda axes, x: named_sharding(mesh, axes, x.shape),
                         axes_tree, shapes_tree, is_leaf=lambda a: isinstance(a, tuple))
 
 
@@ -141,6 +141,22 @@ def host_to_global(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
     """Host-local rows -> global arrays split over the batch axes (data, fsdp)."""
     sharding = named_sharding(mesh, ("act_batch",))
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def per_host(total: int, what: str) -> int:
+    """This process's share of `total` rows; `what` names the config field in the error."""
+    n = jax.process_count()
+    if total % n:
+        raise ValueError(f"{what}={total} does not divide over {n} processes")
+    return total // n
+
+
+def check_batch_divides(rows: int, mesh: Mesh, what: str) -> None:
+    """Fails, naming `what`, when `rows` do not split evenly over the batch axes of `mesh`."""
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if rows % shards:
+        raise ValueError(f"{what}: {rows} rows do not divide over the {shards} batch shards of "
+                         f"mesh {dict(mesh.shape)} (data x fsdp)")
 
 
 def process_sum(x: float) -> float:

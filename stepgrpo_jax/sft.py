@@ -1,7 +1,7 @@
 """Supervised warm start: next-token loss on the response part of (problem, response) rows.
 
 Same mesh, train state, checkpoints and metrics as GRPO training; rows come from
-`config.data.train_files` with `config.data.response_field` naming the response.
+`config.data.train_files` with `config.data.response` naming the response field.
 """
 
 from __future__ import annotations
@@ -14,26 +14,27 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from stepgrpo_jax import data, experiment, grpo, parallel, tokenizer
-from stepgrpo_jax.model import ModelConfig
+from stepgrpo_jax import checkpoint, data, model, parallel, tokenizer, train_state, trainer
+from stepgrpo_jax.metrics import MetricsWriter
+from stepgrpo_jax.model import ModelConfig, Params
 
 
-def sft_loss(model_cfg: ModelConfig, params, batch, chunk_size: int):
+def sft_loss(model_cfg: ModelConfig, params: Params, batch: train_state.Batch,
+             chunk_size: int) -> jax.Array:
     """Mean negative log-likelihood of the loss-masked tokens."""
-    logp, _ = grpo.token_logprobs(model_cfg, params, batch["input_ids"], batch["attention_mask"],
-                                  chunk_size)
+    logp, _ = model.token_logprobs(model_cfg, params, batch["input_ids"],
+                                   batch["attention_mask"], chunk_size)
     mask = batch["loss_mask"]
     return -jnp.sum(logp * mask) / jnp.maximum(mask.sum(), 1.0)
 
 
-def sft_step(state: grpo.TrainState, batch, *, model_cfg: ModelConfig, optimizer,
-             chunk_size: int):
-    loss, grads = jax.value_and_grad(functools.partial(sft_loss, model_cfg, chunk_size=chunk_size)
-                                     )(state.params, batch)
-    return grpo.apply_update(state, grads, loss, optimizer)
+def sft_grads(model_cfg: ModelConfig, params: Params, batch: train_state.Batch,
+              chunk_size: int) -> tuple[Params, train_state.Metrics]:
+    """The gradient of `sft_loss`, and the loss (the gradient function of a train step)."""
+    loss, grads = jax.value_and_grad(sft_loss, argnums=1)(model_cfg, params, batch, chunk_size)
+    return grads, {"loss": loss}
 
 
 def encode_rows(tok, problems: list[data.Problem], max_len: int, bucket: int = 64
@@ -51,7 +52,7 @@ def encode_rows(tok, problems: list[data.Problem], max_len: int, bucket: int = 6
             raise ValueError(f"{p.source}: {len(prompt) + len(response)} tokens exceed "
                              f"sft.max_seq_len={max_len}")
         rows.append((prompt, response))
-    T = experiment.padded_length(parallel.process_max(max(len(p) + len(r) for p, r in rows)),
+    T = trainer.padded_length(parallel.process_max(max(len(p) + len(r) for p, r in rows)),
                                  bucket, max_len)
     ids = np.full((len(rows), T), tok.pad_token_id, np.int32)
     attention = np.zeros((len(rows), T), bool)
@@ -67,53 +68,55 @@ def encode_rows(tok, problems: list[data.Problem], max_len: int, bucket: int = 6
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains `config.total_steps` steps of `config.sft.batch_size` rows; resumes from workdir."""
     # ---- mesh, model, tokenizer, data
-    mesh, rules = experiment.build_mesh(config), experiment.mesh_rules(config)
-    tok = experiment.load_tokenizer(config)
-    model_cfg, init_params = experiment.load_initial_model(config, mesh, rules)
-    rows_per_host = experiment.per_host(config.sft.batch_size, "sft.batch_size")
-    experiment.check_batch_divides(config.sft.batch_size, mesh, "sft.batch_size")
-    if not config.data.response_field:
-        raise ValueError("mode=sft needs config.data.response_field (the response to learn)")
-    source, skipped = experiment.load_problem_files(config, config.data.train_files)
+    mesh = parallel.make_mesh(config.mesh.shape)
+    tok = tokenizer.load(config.tokenizer_dir or config.model_dir)
+    model_cfg, init_params = checkpoint.initial_model(config, mesh)
+    rows_per_host = parallel.per_host(config.sft.batch_size, "sft.batch_size")
+    parallel.check_batch_divides(config.sft.batch_size, mesh, "sft.batch_size")
+    if not config.data.response:
+        raise ValueError("mode=sft needs config.data.response (the field of the response to "
+                         "learn)")
+    source, skipped = data.load_from_config(config.data, config.data.train_files)
 
     # ---- state, step function
-    optimizer = grpo.make_optimizer(config.optim.learning_rate, config.optim.weight_decay,
-                                    config.optim.grad_clip, config.optim.schedule,
-                                    config.optim.warmup_steps, config.total_steps)
+    optimizer = train_state.optimizer_from_config(config.optim, config.total_steps)
     rng = jax.random.key(config.seed)
-    state = grpo.init_train_state(model_cfg, optimizer, mesh, rng=jax.random.fold_in(rng, 0),
-                                  params=init_params)
-    shardings = grpo.state_shardings(model_cfg, optimizer, mesh)
-    step_fn = jax.jit(functools.partial(sft_step, model_cfg=model_cfg, optimizer=optimizer,
-                                        chunk_size=config.grpo.logprob_chunk),
-                      in_shardings=(shardings, grpo.batch_sharding(mesh)),
-                      out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())),
-                      donate_argnums=0)
+    state = train_state.init_train_state(model_cfg, optimizer, mesh,
+                                         rng=jax.random.fold_in(rng, 0), params=init_params)
+    step_fn = train_state.make_train_step(
+        functools.partial(sft_grads, model_cfg, chunk_size=config.grpo.chunk_size),
+        model_cfg, optimizer, mesh)
 
-    # ---- restore
-    ckpt, state, start, stream, writer = experiment.resume(config, workdir, state, mesh,
-                                                           optimizer, model_cfg, source)
+    # ---- restore, in this order: the workdir's latest checkpoint (a restarted run), else the
+    # initial model (config.model_dir), else the random init.
+    ckpt = checkpoint.Checkpoints.from_config(config.ckpt, workdir)
+    state, start, position = checkpoint.restore_train_state(ckpt, state)
+    stream = data.PromptStream(source, config.seed, config.data.shuffle, position)
+    writer = MetricsWriter(workdir, config.log.tensorboard)
+    writer.truncate_after(start)  # A resumed run rewrites the steps it repeats.
 
     # ---- loop
     last: dict[str, Any] = {}
     bar = tqdm(range(start, config.total_steps), initial=start, total=config.total_steps,
                disable=jax.process_index() != 0, desc="sft")
+    # As in trainer.py: device -> host copies in the loop are explicit (device_get).
     try:
-        for step in bar:
-            t0 = time.perf_counter()
-            local = encode_rows(tok, stream.take(rows_per_host), config.sft.max_seq_len)
-            state, m = step_fn(state, parallel.host_to_global(local, mesh))
-            done = step + 1
-            if step % config.log.every_steps == 0 or done == config.total_steps:
-                m = {k: float(v) for k, v in jax.device_get(m).items()}
-                tokens = parallel.process_sum(float(local["loss_mask"].sum()))
-                m.update(tokens_per_second=tokens / (time.perf_counter() - t0),
-                         data_skipped_rows=len(skipped))
-                last = writer.write(done, m)
-                bar.set_postfix(loss=f"{m['loss']:.4f}")
-            if done % config.ckpt.every_steps == 0 or done == config.total_steps:
-                experiment.save_train_state(ckpt, done, state, model_cfg, stream.position,
-                                            config.seed)
+        with jax.transfer_guard_device_to_host("disallow"):
+            for step in bar:
+                t0 = time.perf_counter()
+                local = encode_rows(tok, stream.take(rows_per_host), config.sft.max_seq_len)
+                state, m = step_fn(state, parallel.host_to_global(local, mesh))
+                done = step + 1
+                if step % config.log.every_steps == 0 or done == config.total_steps:
+                    m = {k: float(v) for k, v in jax.device_get(m).items()}
+                    tokens = parallel.process_sum(float(local["loss_mask"].sum()))
+                    m.update(tokens_per_second=tokens / (time.perf_counter() - t0),
+                             data_skipped_rows=len(skipped))
+                    last = writer.write(done, m)
+                    bar.set_postfix(loss=f"{m['loss']:.4f}")
+                if done % config.ckpt.every_steps == 0 or done == config.total_steps:
+                    checkpoint.save_train_state(ckpt, done, state, model_cfg, stream.position,
+                                                config.seed)
     finally:
         ckpt.wait()
         ckpt.close()

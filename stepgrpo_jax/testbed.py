@@ -40,9 +40,8 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from stepgrpo_jax import tokenizer as tokenizer_lib
+from stepgrpo_jax.sampling.config import EXIT_SUFFIX, PROBE_PROMPT  # SPEC §3 defaults.
 
-PROBE_PROMPT = "\n**Final Answer**\n\\boxed"  # SPEC §3 defaults.
-EXIT_SUFFIX = "\n</think>\n\n"
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
 # An upper bound only: BPE runs out of pairs to merge (every word whole) below 400 tokens.
 MAX_VOCAB = 1024

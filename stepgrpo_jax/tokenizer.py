@@ -1,9 +1,12 @@
-"""Tokenizers: loading, the Qwen3 chat prompt, and an offline build of the real Qwen3 tokenizer."""
+"""Tokenizers: loading, the Qwen3 chat prompt, the stop ids, and an offline build of the real
+Qwen3 tokenizer."""
 
 from __future__ import annotations
 
 import base64
+import json
 import os
+from collections.abc import Sequence
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import TikTokenConverter
@@ -35,6 +38,8 @@ CHAT_TEMPLATE = (
 
 def load(path: str) -> PreTrainedTokenizerBase:
     """The HF tokenizer of a model (or tokenizer) directory, offline."""
+    if not path:
+        raise ValueError("no tokenizer directory: set config.tokenizer_dir (or config.model_dir)")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no such tokenizer directory")
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -50,12 +55,35 @@ def problem_prompt(problem: str) -> str:
     return chat_prompt(problem + PROMPT_SUFFIX)
 
 
-def encode_chat(tokenizer: PreTrainedTokenizerBase, user_text: str) -> list[int]:
-    return tokenizer.encode(chat_prompt(user_text), add_special_tokens=False)
-
-
 def encode_problem(tokenizer: PreTrainedTokenizerBase, problem: str) -> list[int]:
     return tokenizer.encode(problem_prompt(problem), add_special_tokens=False)
+
+
+def problem_prompt_lengths(tokenizer: PreTrainedTokenizerBase,
+                           problems: Sequence[str]) -> list[int]:
+    """len(encode_problem(tokenizer, p)) for every problem, in one batched call."""
+    prompts = [problem_prompt(p) for p in problems]
+    return [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+
+
+def stop_ids(tok: PreTrainedTokenizerBase, model_dir: str | None = None) -> tuple[int, ...]:
+    """The ids that end a completion, for training, evaluation and generation alike.
+
+    `<|im_end|>` always, since every prompt is ChatML whatever the tokenizer declares as EOS
+    (Qwen3 base checkpoints declare `<|endoftext|>`); every `eos_token_id` (an int or a list) of
+    `model_dir/generation_config.json` when there is one; and the tokenizer's EOS.
+    """
+    ids = [tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id]
+    path = os.path.join(model_dir, "generation_config.json") if model_dir else ""
+    if path and os.path.isfile(path):
+        try:
+            with open(path) as f:
+                eos = json.load(f).get("eos_token_id")
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: unreadable generation config ({e})") from e
+        ids += eos if isinstance(eos, list) else [eos]
+    # An unknown token maps to unk_token_id (or None): not a stop id.
+    return tuple(sorted({i for i in ids if isinstance(i, int) and i != tok.unk_token_id}))
 
 
 class _QwenTikTokenConverter(TikTokenConverter):

@@ -1,11 +1,12 @@
 """The training loop: rollout -> rewards -> advantages -> K updates -> metrics -> checkpoint.
 
 Reads top to bottom in phases: mesh, model and tokenizer, data, state, step functions,
-restore, loop. `mode="sft"` swaps the rollout for supervised traces (see `sft.py`).
+restore, loop. Supervised warm start (`mode="sft"`) has its own loop in `sft.py`.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -19,17 +20,28 @@ from absl import logging
 from tqdm import tqdm
 
 from stepgrpo_jax import (
+    checkpoint,
     data,
     evaluate,
-    experiment,
+    grading,
     grpo,
     parallel,
     rewards,
     sampling,
     tokenizer,
+    train_state,
 )
+from stepgrpo_jax.metrics import MetricsWriter
 
 # ----------------------------------------------------------------------------------- batches
+
+
+def padded_length(longest: int, bucket: int, limit: int) -> int:
+    """Columns of a batch whose longest row has `longest` tokens: rounded up to a multiple of
+    `bucket` (few shapes to compile), at most `limit`; `bucket` 0 always gives `limit`."""
+    if bucket <= 0:
+        return limit
+    return min(max(-(-longest // bucket), 1) * bucket, limit)
 
 
 def build_batch(prompts: list[list[int]], completions: list[np.ndarray],
@@ -62,7 +74,7 @@ def rollout_metrics(out: sampling.SampleOutput, info: dict[str, Any], scores: np
         "response_tokens_mean": float(np.mean(out.lengths)),
         "steps_mean": float(np.mean(info["steps"])),
         "probes_mean": float(np.mean(out.num_probes)),
-        "frac_reward_zero_std": float(np.mean(scores.reshape(-1, group_size).std(axis=1) == 0)),
+        "frac_reward_zero_std": float(np.mean(grpo.equal_reward_groups(scores, group_size))),
     }
     for i, name in enumerate(sampling.EXIT_REASONS):
         m[f"exit_frac_{name}"] = float(np.mean(reasons == i))
@@ -98,96 +110,113 @@ class _Preempted:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Runs `config.mode` (grpo or sft) to `config.total_steps`, resuming from `workdir`."""
-    if config.mode == "sft":
-        from stepgrpo_jax import sft
-
-        return sft.train(config, workdir)
+    """Runs GRPO training to `config.total_steps`, resuming from `workdir`."""
     _check_workdir(workdir)
     # ---- mesh, model, tokenizer
-    mesh, rules = experiment.build_mesh(config), experiment.mesh_rules(config)
-    tok = experiment.load_tokenizer(config)
-    model_cfg, init_params = experiment.load_initial_model(config, mesh, rules)
+    mesh = parallel.make_mesh(config.mesh.shape)
+    tok = tokenizer.load(config.tokenizer_dir or config.model_dir)
+    model_cfg, init_params = checkpoint.initial_model(config, mesh)
     G = config.grpo.group_size
-    prompts_per_host = experiment.per_host(config.grpo.prompts_per_step, "grpo.prompts_per_step")
+    prompts_per_host = parallel.per_host(config.grpo.prompts_per_step, "grpo.prompts_per_step")
     rows_per_step = config.grpo.prompts_per_step * G
-    experiment.check_batch_divides(rows_per_step // config.grpo.num_minibatches, mesh,
-                                   "grpo.prompts_per_step x group_size / num_minibatches")
+    parallel.check_batch_divides(rows_per_step // config.grpo.num_minibatches, mesh,
+                                 "grpo.prompts_per_step x group_size / num_minibatches")
 
     # ---- data
-    source, skipped_rows = experiment.load_problem_files(config, config.data.train_files)
+    # A prompt longer than the largest bucket is a malformed row, found now, not at a rollout.
+    lengths = functools.partial(tokenizer.problem_prompt_lengths, tok)
+    longest = max(config.sampling.prompt_buckets)
+    source, skipped_rows = data.load_from_config(config.data, config.data.train_files, lengths,
+                                                 longest)
     eval_problems = []
-    if experiment.as_list(config.eval.files):
-        eval_source, _ = experiment.load_problem_files(config, config.eval.files)
+    if data.as_list(config.eval.files):
+        eval_source, _ = data.load_from_config(config.data, config.eval.files, lengths, longest)
         eval_problems = [eval_source[i] for i in range(len(eval_source))]
         eval_problems = evaluate.host_share(eval_problems[:config.eval.max_problems or None])
-        experiment.check_batch_divides(config.eval.batch_size, mesh, "eval.batch_size")
+        parallel.check_batch_divides(config.eval.batch_size, mesh, "eval.batch_size")
 
     # ---- state (born sharded), step functions
-    optimizer = experiment.make_optimizer(config)
+    # Schedules count optimiser updates: num_minibatches per rollout step.
+    optimizer = train_state.optimizer_from_config(
+        config.optim, config.total_steps * config.grpo.num_minibatches)
     rng = jax.random.key(config.seed)
-    state = grpo.init_train_state(model_cfg, optimizer, mesh, rng=jax.random.fold_in(rng, 0),
-                                  params=init_params)
-    loss_cfg = experiment.loss_config(config)
+    state = train_state.init_train_state(model_cfg, optimizer, mesh,
+                                         rng=jax.random.fold_in(rng, 0), params=init_params)
+    loss_cfg = grpo.LossConfig.from_config(config)
     ref_params = None
     if loss_cfg.kl_coef > 0:  # The frozen initial model; a copy, since the state is donated.
         ref_params = jax.tree.map(jnp.copy, state.params)
     update = grpo.make_update_step(model_cfg, loss_cfg, optimizer, mesh,
                                    num_microbatches=config.grpo.num_microbatches,
-                                   chunk_size=config.grpo.logprob_chunk)
+                                   chunk_size=config.grpo.chunk_size)
     # Old and reference log-probs of a whole rollout, in pieces the size of one update's.
-    logprobs = grpo.make_compute_logprobs(
-        model_cfg, mesh, chunk_size=config.grpo.logprob_chunk,
+    logprobs = train_state.make_compute_logprobs(
+        model_cfg, mesh, chunk_size=config.grpo.chunk_size,
         num_microbatches=config.grpo.num_minibatches * config.grpo.num_microbatches)
-    sampler = experiment.make_sampler(config, tok, model_cfg, mesh)
     triggers = tuple(config.dtr.triggers)
-    eval_sampler = (experiment.make_sampler(config, tok, model_cfg, mesh, evaluation=True)
-                    if eval_problems else None)
+    tables = sampling.TriggerTables.from_tokenizer(tok, triggers, model_cfg.vocab_size)
+    sampler = sampling.Sampler(model_cfg, sampling.SamplerConfig.from_config(config, tok),
+                               tables, mesh)
+    eval_sampler = None
+    if eval_problems:
+        eval_sampler = sampling.Sampler(
+            model_cfg, sampling.SamplerConfig.from_config(config, tok, evaluation=True), tables,
+            mesh)
 
-    # ---- restore: this workdir's latest checkpoint, else the initial model
-    ckpt, state, start, stream, writer = experiment.resume(config, workdir, state, mesh,
-                                                           optimizer, model_cfg, source)
+    # ---- restore, in this order: the workdir's latest checkpoint (a restarted run), else the
+    # initial model of `checkpoint.initial_model` above (config.model_dir: HF weights or a
+    # checkpoint of ours), else the random init. The KL reference stays the initial model.
+    ckpt = checkpoint.Checkpoints.from_config(config.ckpt, workdir)
+    state, start, position = checkpoint.restore_train_state(ckpt, state)
+    stream = data.PromptStream(source, config.seed, config.data.shuffle, position)
+    writer = MetricsWriter(workdir, config.log.tensorboard)
+    writer.truncate_after(start)  # A resumed run rewrites the steps it repeats.
 
     # ---- loop
     preempted = _Preempted()
-    grader = rewards.Grader(config.reward.grader_workers, config.reward.grader_timeout_s)
+    grader = grading.Grader(config.reward.grader_workers, config.reward.grader_timeout_s)
     bar = tqdm(range(start, config.total_steps), initial=start, total=config.total_steps,
                disable=jax.process_index() != 0, desc=f"{config.reward.kind}")
     skipped_in_row, last = 0, {}
+    # In the loop, every device -> host copy is explicit (device_get): an implicit one (np.asarray,
+    # float() of a device value) would stall the step unseen, so it is an error instead. Host ->
+    # device stays allowed for the small Python values of RNG folding.
     try:
-        for step in bar:
-            done = step + 1
-            t0 = time.perf_counter()
-            batch, m = rollout(config, sampler, tok, state.params, stream.take(prompts_per_host),
-                               grader, jax.random.fold_in(jax.random.fold_in(rng, 1), step))
-            t1 = time.perf_counter()
-            state, per_minibatch = grpo.train_on_rollout(
-                update, logprobs, state, parallel.host_to_global(batch, mesh),
-                config.grpo.num_minibatches, ref_params)
-            m.update(update_metrics(per_minibatch))  # Fetching them waits for the updates.
-            m.update(rollout_seconds=t1 - t0, update_seconds=time.perf_counter() - t1,
-                     tokens_per_second=m.pop("generated_tokens") / max(t1 - t0, 1e-9),
-                     data_skipped_rows=len(skipped_rows))
-            every = config.eval.every_steps
-            if eval_sampler and ((every and done % every == 0) or done == config.total_steps):
-                result = evaluate.evaluate_problems(
-                    eval_sampler, state.params, tok, eval_problems, config.eval.num_samples,
-                    config.eval.batch_size, grader, jax.random.fold_in(rng, 2), triggers)
-                m.update({f"eval_{k}": v for k, v in result.items() if k != "records"})
-            if step % config.log.every_steps == 0 or done == config.total_steps:
-                last = writer.write(done, m)
-                bar.set_postfix(reward=f"{m['reward_mean']:.3f}", acc=f"{m['acc_mean']:.2f}",
-                                tokens=f"{m['response_tokens_mean']:.0f}")
-            skipped_in_row = skipped_in_row + 1 if m["skipped"] else 0
-            if skipped_in_row >= config.optim.max_skipped:
-                raise FloatingPointError(f"{skipped_in_row} non-finite updates in a row at step "
-                                         f"{done}; last metrics: {m}")
-            if preempted.flag or done % config.ckpt.every_steps == 0 or \
-                    done == config.total_steps:
-                experiment.save_train_state(ckpt, done, state, model_cfg, stream.position,
-                                            config.seed)
-            if preempted.flag:
-                break
+        with jax.transfer_guard_device_to_host("disallow"):
+            for step in bar:
+                done = step + 1
+                t0 = time.perf_counter()
+                problems = stream.take(prompts_per_host)
+                batch, m = rollout(config, sampler, tok, state.params, problems, grader,
+                                   jax.random.fold_in(jax.random.fold_in(rng, 1), step))
+                t1 = time.perf_counter()
+                state, per_minibatch = grpo.train_on_rollout(
+                    update, logprobs, state, parallel.host_to_global(batch, mesh),
+                    config.grpo.num_minibatches, ref_params)
+                m.update(update_metrics(per_minibatch))  # Fetching them waits for the updates.
+                m.update(rollout_seconds=t1 - t0, update_seconds=time.perf_counter() - t1,
+                         tokens_per_second=m.pop("generated_tokens") / max(t1 - t0, 1e-9),
+                         data_skipped_rows=len(skipped_rows))
+                every = config.eval.every_steps
+                if eval_sampler and ((every and done % every == 0) or done == config.total_steps):
+                    result = evaluate.evaluate_problems(
+                        eval_sampler, state.params, tok, eval_problems, config.eval.num_samples,
+                        config.eval.batch_size, grader, jax.random.fold_in(rng, 2), triggers)
+                    m.update({f"eval_{k}": v for k, v in result.items() if k != "records"})
+                if step % config.log.every_steps == 0 or done == config.total_steps:
+                    last = writer.write(done, m)
+                    bar.set_postfix(reward=f"{m['reward_mean']:.3f}", acc=f"{m['acc_mean']:.2f}",
+                                    tokens=f"{m['response_tokens_mean']:.0f}")
+                skipped_in_row = skipped_in_row + 1 if m["skipped"] else 0
+                if skipped_in_row >= config.optim.max_skipped:
+                    raise FloatingPointError(f"{skipped_in_row} non-finite updates in a row at "
+                                             f"step {done}; last metrics: {m}")
+                if preempted.flag or done % config.ckpt.every_steps == 0 or \
+                        done == config.total_steps:
+                    checkpoint.save_train_state(ckpt, done, state, model_cfg, stream.position,
+                                                config.seed)
+                if preempted.flag:
+                    break
     finally:
         preempted.restore()
         grader.close()
@@ -198,7 +227,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 
 def rollout(config: ml_collections.ConfigDict, sampler: sampling.Sampler, tok, params,
-            problems: list[data.Problem], grader: rewards.Grader, rng: jax.Array
+            problems: list[data.Problem], grader: grading.Grader, rng: jax.Array
             ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Samples G completions per problem, scores them and lays out this host's batch rows."""
     G, scfg = config.grpo.group_size, sampler.scfg
@@ -208,16 +237,16 @@ def rollout(config: ml_collections.ConfigDict, sampler: sampling.Sampler, tok, p
                            for i in range(0, len(prompt_ids), chunk)])
     completions = [out.tokens[i, :n] for i, n in enumerate(out.lengths)]
     texts = tok.batch_decode(completions, skip_special_tokens=False)
-    reward_cfg = dict(config.reward, overlong_max_len=scfg.max_new_tokens)
+    reward_cfg = rewards.RewardConfig.from_config(config)
     scores, info = rewards.score_completions(
-        texts, [p.answer for p in problems], out.lengths, G, config.reward.kind, reward_cfg,
-        grader, tuple(config.dtr.triggers))
-    adv = np.asarray(grpo.group_advantages(jnp.asarray(scores), G, config.grpo.adv_scale))
+        texts, [p.answer for p in problems], out.lengths, G, reward_cfg, grader,
+        tuple(config.dtr.triggers))
+    adv = grpo.group_advantages(scores, G, config.grpo.adv_scale)
     train_mask = [1.0 - out.forced[i, :n] if config.dtr.mask_forced else np.ones(n)
                   for i, n in enumerate(out.lengths)]
     prompt_len = scfg.bucket(parallel.process_max(max(map(len, prompt_ids))))
     # Responses pad to the step's longest, bucketed: no columns that are all padding.
-    response_len = experiment.padded_length(parallel.process_max(int(out.lengths.max())),
+    response_len = padded_length(parallel.process_max(int(out.lengths.max())),
                                             config.grpo.response_bucket, scfg.max_new_tokens)
     batch = build_batch(prompt_ids, completions, train_mask, adv, prompt_len, response_len,
                         tok.pad_token_id)

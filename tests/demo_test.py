@@ -5,9 +5,9 @@ import os
 import subprocess
 import sys
 
+import fixtures
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHRINK = {
     "demo.n_train": 16, "demo.n_eval": 12, "demo.n_sft": 48, "demo.sft_steps": 6,
     "demo.sft_warmup_steps": 2, "total_steps": 2,
@@ -16,7 +16,7 @@ SHRINK = {
     "model.overrides.num_kv_heads": 1, "model.overrides.head_dim": 16,
     "sampling.max_new_tokens": 32, "sampling.batch_size": 16, "grpo.prompts_per_step": 8,
     "grpo.group_size": 2, "grpo.num_minibatches": 2, "dtr.probe_budget": 6,
-    "dtr.forced_exit_margin": 2, "eval.max_new_tokens": 32, "eval.batch_size": 8,
+    "dtr.exit_margin": 2, "eval.max_new_tokens": 32, "eval.batch_size": 8,
     "ckpt.async_save": False, "reward.grader_workers": 1,
 }
 
@@ -27,7 +27,8 @@ def test_demo_runs_end_to_end(tmp_path):
     out = subprocess.run(
         [sys.executable, "main.py", "--config=configs/demo.py", f"--workdir={workdir}",
          *[f"--config.{k}={v}" for k, v in SHRINK.items()]],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        cwd=fixtures.ROOT, capture_output=True, text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert out.returncode == 0, out.stderr[-3000:]
     with open(workdir / "summary.json") as f:
         summary = json.load(f)

@@ -6,9 +6,14 @@ from collections import Counter
 
 import jax
 import numpy as np
-from sampling_test import (
+from sampling_fixtures import (
+    DTR_CFG,
+    DTR_PARAMS,
+    DTR_TABLES,
+    EOS,
+    THINK_END,
     TINY,
-    biased_params,
+    VOCAB,
     full_logprobs,
     random_prompts,
     teacher_forced_logprobs,
@@ -16,27 +21,6 @@ from sampling_test import (
 
 from stepgrpo_jax import sampling
 
-# A made-up vocabulary with the pieces DTR reacts to; the rest are filler words.
-VOCAB = ["<pad>", "<eos>", "</think>", "Wait", " Wait", "W", "ait", ",", "\n\n", "\n", "**",
-         "Final", " Answer", "\\", "boxed", "{", "}", "Waiting", " wait", "ing", " ", "Hmm", ".",
-         " so", "4", "2"]
-VOCAB += [f" w{i}" for i in range(TINY.vocab_size - len(VOCAB))]
-EOS, THINK_END = 1, 2
-DTR_CFG = sampling.SamplerConfig(
-    max_new_tokens=40, prompt_buckets=(16,), temperature=0.0, eos_ids=(EOS,),
-    think_end_id=THINK_END, cache_dtype="float32",
-    # Small budgets so that every path is taken in 40 tokens: "\n\\boxed" probes of at most 5
-    # tokens, 3 probes, thinking budget 24; probes from token 8 on exit.
-    dtr=sampling.DTRConfig(probe_ids=(9, 13, 14), exit_ids=(9, 2, 8), natural_ids=(8,),
-                           threshold=0.5, probe_budget=5, max_probes=3, think_budget_frac=0.6,
-                           exit_margin=16))
-DTR_TABLES = sampling.TriggerTables.from_strings(VOCAB, ("Wait",))
-# Triggers, `</think>` and EOS are likely; after "boxed" the model tends to write "{4}" or "{2}"
-# and then `</think>`, so that some probes close with a confidence around the threshold.
-DTR_PARAMS = biased_params(
-    TINY, 0, bias={3: 1.5, 4: 1.5, 5: 0.9, 6: 0.9, 7: 0.9, 2: 0.6, 1: 1.2, 8: 0.6},
-    follow={14: {15: 7.5}, 15: {24: 3.75, 25: 3.75}, 24: {16: 5.0}, 25: {16: 5.0},
-            16: {2: 5.0}})
 TRIGGER = re.compile(r"(?<![A-Za-z])Wait(?![A-Za-z])")
 
 
@@ -179,16 +163,15 @@ def test_exit_after_first_step(qwen3_tokenizer_dir):
     """`eval.exit_after_first_step`: DTR's settings from the eval config close thinking at the
     first step boundary, whatever the probe says; rows without a trigger think as plainly."""
     from configs import default
-    from stepgrpo_jax import experiment, tokenizer
+    from stepgrpo_jax import tokenizer
 
     config = default.get_config()
     config.eval.exit_after_first_step = True
-    forcing = experiment.sampler_config(config, tokenizer.load(qwen3_tokenizer_dir),
-                                        evaluation=True).dtr
+    tok = tokenizer.load(qwen3_tokenizer_dir)
+    forcing = sampling.SamplerConfig.from_config(config, tok, evaluation=True).dtr
     assert forcing is not None
     config.eval.exit_after_first_step = False
-    assert experiment.sampler_config(config, tokenizer.load(qwen3_tokenizer_dir),
-                                     evaluation=True).dtr is None
+    assert sampling.SamplerConfig.from_config(config, tok, evaluation=True).dtr is None
     # Its numbers on the tiny vocabulary's probe and exit ids.
     numbers = {f: getattr(forcing, f) for f in ("threshold", "probe_budget", "max_probes",
                                                 "think_budget_frac", "exit_margin")}

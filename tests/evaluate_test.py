@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from stepgrpo_jax import data, evaluate, rewards, sampling, tokenizer
+from stepgrpo_jax import data, evaluate, grading, sampling, tokenizer
 
 
 class ScriptedSampler:
@@ -35,7 +35,7 @@ class ScriptedSampler:
 
 @pytest.fixture(scope="module")
 def grader():
-    with rewards.Grader(num_workers=1, timeout_s=20.0) as g:
+    with grading.Grader(num_workers=1, timeout_s=20.0) as g:
         yield g
 
 
@@ -55,6 +55,17 @@ def test_accuracy_tokens_and_steps_by_hand(qwen3_tokenizer_dir, grader):
     assert result["steps_mean"] == pytest.approx((1 + 2 + 1 + 3) / 4)
     assert [r["correct"] for r in result["records"]] == [True, True, True, False]
     assert sampler.calls == 2  # Batches of 3: the last one padded, padding not counted.
+
+
+def test_unclosed_thinking_has_no_answer(qwen3_tokenizer_dir, grader):
+    tok = tokenizer.load(qwen3_tokenizer_dir)
+    problems = [data.Problem("1+1?", "2", "f:1")]
+    texts = ["<think>\n\\boxed{2}", "<think>\nok</think>\n\n\\boxed{2}"]  # cut, closed
+    result = evaluate.evaluate_problems(ScriptedSampler(tok, texts), None, tok, problems,
+                                        num_samples=2, batch_size=2, grader=grader,
+                                        rng=jax.random.key(0))
+    assert [(r["correct"], r["formatted"]) for r in result["records"]] == [(False, False),
+                                                                          (True, True)]
 
 
 def test_compression_and_table(tmp_path):

@@ -1,12 +1,9 @@
 """Two `jax.distributed` CPU processes, each feeding its half of the batch, make the same
 rollout step (old/ref log-probs, 2 mini-batch updates) as one process on one device."""
 
-import os
 import pathlib
-import socket
-import subprocess
-import sys
 
+import fixtures
 import jax
 import numpy as np
 import pytest
@@ -18,34 +15,11 @@ WORKER = pathlib.Path(__file__).with_name("grpo_worker.py")
 TIMEOUT_S = 240  # A hung collective fails the test instead of stalling CI.
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run_workers(out: pathlib.Path, num_processes: int = 2) -> None:
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    port = str(_free_port())
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(i), str(num_processes), port,
-                               str(out)], env=env, cwd=WORKER.parent.parent,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(num_processes)]
-    try:
-        logs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail(f"distributed workers did not finish within {TIMEOUT_S} s")
-    for i, (p, log) in enumerate(zip(procs, logs, strict=True)):
-        assert p.returncode == 0, f"worker {i} failed:\n{log[-4000:]}"
-
-
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     out = tmp_path / "two_processes.npz"
-    _run_workers(out)
+    fixtures.run_processes(lambda i, port: [fixtures.PYTHON, str(WORKER), str(i), "2", str(port),
+                                            str(out)], devices=2, timeout=TIMEOUT_S)
     got = dict(np.load(out))
 
     mesh = parallel.make_mesh((1, 1, 1), jax.devices()[:1])

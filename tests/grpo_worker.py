@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from stepgrpo_jax import grpo, model, parallel
+from stepgrpo_jax import grpo, model, parallel, train_state
 
 TINY = model.ModelConfig(vocab_size=64, embed_dim=32, mlp_dim=64, num_layers=2, num_heads=4,
                          num_kv_heads=2, head_dim=8, bos_token_id=None, eos_token_id=None)
@@ -60,12 +60,12 @@ def make_batch(rows: int, prompt_len: int = 5, completion_len: int = 7, seed: in
 def rollout_step(mesh: jax.sharding.Mesh, batch: dict[str, jax.Array]) -> dict[str, np.ndarray]:
     """One rollout step (recomputed old and reference log-probs, 2 mini-batches of 2
     micro-batches each) from `tiny_params()`; losses, grad norms and the new params as NumPy."""
-    optimizer = grpo.make_optimizer(learning_rate=1e-3)
-    state = grpo.init_train_state(TINY, optimizer, mesh, params=tiny_params())
+    optimizer = train_state.make_optimizer(learning_rate=1e-3)
+    state = train_state.init_train_state(TINY, optimizer, mesh, params=tiny_params())
     ref_params = jax.tree.map(lambda x: x.copy(), state.params)
     update = grpo.make_update_step(TINY, grpo.LossConfig(), optimizer, mesh, num_microbatches=2,
                                    chunk_size=4)
-    logprobs = grpo.make_compute_logprobs(TINY, mesh, num_microbatches=2, chunk_size=4)
+    logprobs = train_state.make_compute_logprobs(TINY, mesh, num_microbatches=2, chunk_size=4)
     state, metrics = grpo.train_on_rollout(update, logprobs, state, batch, num_minibatches=2,
                                            ref_params=ref_params)
     params = multihost_utils.process_allgather(state.params, tiled=True)
@@ -79,7 +79,7 @@ def rollout_step(mesh: jax.sharding.Mesh, batch: dict[str, jax.Array]) -> dict[s
 
 def global_batch(mesh: jax.sharding.Mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """The global batch from each process's own rows, as a multi-host input pipeline would."""
-    sharding = grpo.batch_sharding(mesh)
+    sharding = train_state.batch_sharding(mesh)
 
     def one(x):
         rows = [i[0] for i in sharding.addressable_devices_indices_map(x.shape).values()]

@@ -104,6 +104,31 @@ def test_cached_decoding_equals_full_forward(block):
     np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=1e-5)
 
 
+@pytest.mark.parametrize("block", [0, 4, 5])
+def test_decoding_reads_only_the_written_cache(block):
+    """Rows at different lengths, rows that feed past the cache (not started or finished), and
+    blocks that do not divide the 23 slots: each row's logits equal a full forward over its
+    text, and the slots past the last block holding a written slot are NaN: never read."""
+    cfg = model.ModelConfig(vocab_size=64, embed_dim=32, mlp_dim=48, num_layers=2, num_heads=4,
+                            num_kv_heads=2, head_dim=8, attention_block=block)
+    params = model.init_params(cfg, jax.random.key(0))
+    ids = np.random.RandomState(2).randint(0, 64, (3, 12))
+    full = jax.jit(model.forward, static_argnums=0)(cfg, params, ids)
+    S, starts = 23, np.array([0, 5, 2])
+    read = -(-12 // block) * block if block else S
+    cache = model.init_cache(cfg, 3, S, jnp.float32)
+    cache = jax.tree.map(lambda x: x.at[:, :, read:].set(jnp.nan), cache)
+    step = jax.jit(model.forward, static_argnums=0)
+    for t in range(12 + starts.max()):
+        pos = t - starts
+        active = (pos >= 0) & (pos < 12)
+        feed = ids[np.arange(3), np.clip(pos, 0, 11)]
+        positions = np.where(active, pos, S)[:, None]
+        logits, cache = step(cfg, params, feed[:, None], positions=positions, cache=cache)
+        for row in np.flatnonzero(active):
+            np.testing.assert_allclose(logits[row, 0], full[row, pos[row]], atol=1e-5)
+
+
 def _padded_rows(lengths, T):
     """A left-padded mask [B, T] with the given real lengths (0: a row of padding only)."""
     return np.arange(T)[None, :] >= T - np.asarray(lengths)[:, None]
@@ -230,9 +255,10 @@ def test_logical_rules_context_overrides_defaults():
         with parallel.logical_rules({"mlp": ()}):  # Nested blocks add to the outer one.
             spec = parallel.logical_to_spec(("embed", "mlp"), (8, 8), mesh)
             assert spec == jax.sharding.PartitionSpec("tensor", None)
-        # Explicit rules still win; constrain (inside jit, under the mesh) uses the context too.
-        spec = parallel.logical_to_spec(("embed",), (8,), mesh, rules={"embed": ("data",)})
-        assert spec == jax.sharding.PartitionSpec("data")
+        with parallel.logical_rules({"embed": ["data"]}):  # An inner block wins (lists too).
+            assert parallel.logical_to_spec(("embed",), (8,), mesh) == \
+                jax.sharding.PartitionSpec("data")
+        # constrain (inside jit, under the mesh) uses the context too.
         with jax.set_mesh(mesh):
             x = jax.jit(lambda x: parallel.constrain(x * 2, ("embed",)))(jnp.ones(8))
         assert x.sharding.spec == jax.sharding.PartitionSpec("tensor")

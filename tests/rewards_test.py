@@ -1,36 +1,16 @@
-"""Tests for stepgrpo_jax.rewards: step counting, extraction, grading pool, group rewards."""
+"""Tests for stepgrpo_jax.rewards: step counting, group rewards, scoring completions."""
 
-import os
-import time
-import types
+import dataclasses
 
 import numpy as np
 import pytest
 
-from stepgrpo_jax import rewards
-
-
-def _hooked_verify(gold: str, pred: str) -> bool:
-    """Grading function for the pool tests; module-level so spawned workers can unpickle it."""
-    if pred is None:
-        return True  # a None pred must never reach a worker; this would make it "correct"
-    if pred == "HANG":
-        time.sleep(60)
-    if pred == "CRASH":
-        os._exit(3)
-    return rewards.math_verify_equal(gold, pred)
+from stepgrpo_jax import grading, rewards
 
 
 @pytest.fixture(scope="module")
 def grader():
-    with rewards.Grader(num_workers=2, timeout_s=10.0) as g:
-        yield g
-
-
-@pytest.fixture(scope="module")
-def hooked_grader():
-    with rewards.Grader(num_workers=2, timeout_s=1.0, verify_fn=_hooked_verify) as g:
-        g.wait_ready()  # so that the timings below measure grading only
+    with grading.Grader(num_workers=2, timeout_s=10.0) as g:
         yield g
 
 
@@ -64,98 +44,6 @@ def test_count_steps_multiple_triggers():
     assert rewards.count_triggers(text, ("Wait", "Alternatively")) == 3
     assert rewards.count_steps(text, ("Wait", "Alternatively")) == 4
     assert rewards.count_steps(text, ("Alternatively",)) == 2
-
-
-# ------------------------------------------------------------------------------ extraction
-
-
-@pytest.mark.parametrize("text, expected", [
-    (r"so \boxed{\frac{1}{2}}.", r"\frac{1}{2}"),
-    (r"\boxed{1} or rather \boxed{2}", "2"),
-    (r"<think>maybe \boxed{7}</think> The answer is \boxed{8}.", "8"),
-    (r"<think>maybe \boxed{7}</think> The answer is 7.", None),
-    (r"<think>a</think> \boxed{1} <think>b</think> \boxed{2}", "2"),
-    (r"<think>unfinished \boxed{7}", "7"),  # thinking never closed: the whole text
-    (r"\boxed{\frac{1}{2}", None),
-    (r"\boxed{1} then \boxed{2", None),  # last box truncated
-    ("no box at all", None),
-    (r"put it in \boxed{}", None),
-    (r"\boxed 5", "5"),
-    (r"$\boxed 5$.", "5"),
-    (r"\boxed {3}", "3"),
-    (r"\boxed{\{1, 2\}}", r"\{1, 2\}"),
-])
-def test_extract_boxed(text, expected):
-    assert rewards.extract_boxed(text) == expected
-
-
-def test_split_answer():
-    assert rewards.split_answer("a</think>b</think>c") == "c"
-    assert rewards.split_answer("no think end") == "no think end"
-
-
-# ------------------------------------------------------------------------------ grading
-
-
-def test_grade_equivalences(grader):
-    cases = [  # (gold, pred, correct)
-        (r"\frac{1}{2}", "0.5", True),
-        ("0.5", r"\frac{1}{2}", True),
-        (r"\text{(A)}", "A", True),  # choice letters: both sides wrapped as \boxed{...}
-        (r"\text{(A)}", "(A)", True),
-        ("A", r"\text{(A)}", True),
-        (r"\text{(A)}", "B", False),
-        ("3", "4", False),
-        ("3", "3.0", True),
-        (r"2\sqrt{2}", r"\sqrt{8}", True),
-        ("1", None, False),
-    ]
-    golds, preds, expected = zip(*cases, strict=True)
-    res = grader.grade(golds, preds)
-    np.testing.assert_array_equal(res.correct, expected)
-    assert res.timeouts == 0
-
-
-def test_none_pred_is_wrong_without_a_worker(hooked_grader):
-    res = hooked_grader.grade(["1", "1"], [None, "1"])
-    np.testing.assert_array_equal(res.correct, [False, True])
-
-
-def test_timeout_kills_hung_worker_and_rest_of_batch_is_graded(hooked_grader):
-    golds = ["1", r"\frac{1}{2}", "3", "4", "5", "6"]
-    preds = ["HANG", "0.5", "3", "5", "5", "6"]
-    t0 = time.monotonic()
-    res = hooked_grader.grade(golds, preds)
-    elapsed = time.monotonic() - t0
-    np.testing.assert_array_equal(res.correct, [False, True, True, False, True, True])
-    assert res.timeouts == 1
-    assert 0.9 <= elapsed < 1.0 + 2.5, elapsed
-    # The killed worker was replaced: the pool keeps working.
-    again = hooked_grader.grade(["2", "2"], ["2", "3"])
-    np.testing.assert_array_equal(again.correct, [True, False])
-    assert again.timeouts == 0
-
-
-def test_crashed_worker_is_wrong_and_replaced(hooked_grader):
-    res = hooked_grader.grade(["1", "2"], ["CRASH", "2"])
-    np.testing.assert_array_equal(res.correct, [False, True])
-    assert res.timeouts == 0
-    np.testing.assert_array_equal(hooked_grader.grade(["7"], ["7"]).correct, [True])
-
-
-def test_grade_batch_real_pathological_answer():
-    # sympy spins for minutes on this tower (math-verify 0.9); the parent must cut it off.
-    t0 = time.monotonic()
-    res = rewards.grade_batch(["1", r"\frac{1}{2}", "3"], [r"9^{9^{9^{9}}}", "0.5", "3"],
-                              timeout_s=1.0, num_workers=2)
-    np.testing.assert_array_equal(res.correct, [False, True, True])
-    assert res.timeouts == 1
-    assert time.monotonic() - t0 < 30  # start-up of two workers plus one timeout
-
-
-def test_grade_length_mismatch(grader):
-    with pytest.raises(ValueError, match="golds"):
-        grader.grade(["1"], ["1", "2"])
 
 
 # ------------------------------------------------------------------------------ step reward
@@ -243,10 +131,6 @@ def test_overlong_penalty():
         rewards.overlong_penalty([1], max_len=10, cache_len=0)
 
 
-@pytest.mark.parametrize("cfg", [
-    {"alpha": 0.9, "beta": 0.5},
-    types.SimpleNamespace(alpha=0.9, beta=0.5, overlong=False),
-])
 @pytest.mark.parametrize("kind, expected", [
     ("step_grpo", [1.207953, 0.792047, 0.1]),
     ("step_grpo_all_mu", [1.262252, 1.0, 0.1]),
@@ -254,21 +138,43 @@ def test_overlong_penalty():
     ("grpo", [1.0, 1.0, 0.0]),
     ("grpo_lp", [1.5, 1.0, -0.5]),
 ])
-def test_group_rewards_kinds(cfg, kind, expected):
-    r = rewards.group_rewards(kind, [1, 1, 0], [1, 1, 1], [2, 6, 10], [100, 200, 300], cfg)
+def test_group_rewards_kinds(kind, expected):
+    cfg = rewards.RewardConfig(kind=kind, alpha=0.9, beta=0.5)
+    r = rewards.group_rewards(cfg, [1, 1, 0], [1, 1, 1], [2, 6, 10], [100, 200, 300])
     np.testing.assert_allclose(r, expected, atol=1e-6)
 
 
-def test_group_rewards_overlong_and_unknown_kind():
-    cfg = {"alpha": 0.9, "beta": 0.5, "overlong": True, "overlong_max_len": 300,
-           "overlong_cache_len": 200}
-    r = rewards.group_rewards("grpo", [1, 1, 0], [1, 1, 1], [2, 6, 10], [100, 200, 300], cfg)
+def test_group_rewards_overlong():
+    cfg = rewards.RewardConfig(kind="grpo", overlong=True, overlong_max_len=300,
+                               overlong_cache_len=200)
+    r = rewards.group_rewards(cfg, [1, 1, 0], [1, 1, 1], [2, 6, 10], [100, 200, 300])
     np.testing.assert_allclose(r, [1.0, 0.5, -1.0], atol=1e-12)
-    with pytest.raises(ValueError, match="unknown reward kind"):
-        rewards.group_rewards("dapo", [1], [1], [1], [1], cfg)
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"kind": "dapo"}, "unknown reward kind"),
+    ({"overlong": True, "overlong_max_len": 100, "overlong_cache_len": 0}, "overlong"),
+    ({"overlong": True, "overlong_max_len": 100, "overlong_cache_len": 101}, "overlong"),
+])
+def test_reward_config_rejects_bad_fields(fields, match):
+    with pytest.raises(ValueError, match=match):
+        rewards.RewardConfig(**fields)
+
+
+def test_reward_config_is_frozen_and_from_config():
+    from configs import default
+
+    config = default.get_config()
+    cfg = rewards.RewardConfig.from_config(config)
+    assert cfg == rewards.RewardConfig(overlong_max_len=config.sampling.max_new_tokens)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.alpha = 1.0
 
 
 # ------------------------------------------------------------------------------ scoring
+
+
+STEP_GRPO = rewards.RewardConfig(kind="step_grpo", alpha=0.9, beta=0.5)
 
 
 def test_score_completions(grader):
@@ -280,9 +186,8 @@ def test_score_completions(grader):
         r"<think>Wait</think> \boxed{4}",  # group 1: all wrong
         r"<think>x</think> \boxed{}",
     ]
-    cfg = {"alpha": 0.9, "beta": 0.5}
     r, info = rewards.score_completions(texts, [r"\frac{1}{2}", "3"], np.full(6, 10), 3,
-                                        "step_grpo", cfg, grader)
+                                        STEP_GRPO, grader)
     np.testing.assert_array_equal(info["correct"], [1, 1, 0, 0, 0, 0])
     np.testing.assert_array_equal(info["formatted"], [1, 1, 1, 0, 1, 0])
     np.testing.assert_array_equal(info["steps"], [1, 3, 2, 1, 2, 1])
@@ -291,15 +196,26 @@ def test_score_completions(grader):
     np.testing.assert_allclose(r, [1.207953, 0.792047, 0.1, 0.0, 0.1, 0.0], atol=1e-6)
     # One gold per completion gives the same result.
     golds = [r"\frac{1}{2}"] * 3 + ["3"] * 3
-    r2, _ = rewards.score_completions(texts, golds, np.full(6, 10), 3, "step_grpo", cfg, grader)
+    r2, _ = rewards.score_completions(texts, golds, np.full(6, 10), 3, STEP_GRPO, grader)
     np.testing.assert_allclose(r2, r)
 
 
+def test_score_completions_unclosed_thinking_has_no_answer(grader):
+    texts = ["<think>\n\\boxed{5}",  # cut by the budget or EOS while thinking
+             "<think>a</think>b<think>\\boxed{5}",  # thinking opened again, never closed
+             "<think>\\boxed{5}</think",  # the closing tag itself cut
+             "<think>x</think>\n\n\\boxed{5}",  # closed: graded
+             "\\boxed{5}"]  # no thinking at all (a non-thinking model): all of it is the answer
+    _, info = rewards.score_completions(texts, ["5"], np.full(5, 10), 5, STEP_GRPO, grader)
+    np.testing.assert_array_equal(info["correct"], [0, 0, 0, 1, 1])
+    np.testing.assert_array_equal(info["formatted"], [0, 0, 0, 1, 1])
+
+
 def test_score_completions_validation(grader):
-    cfg = {"alpha": 0.9, "beta": 0.5}
+    cfg = rewards.RewardConfig(kind="grpo")
     with pytest.raises(ValueError, match="groups of"):
-        rewards.score_completions(["a"] * 5, ["1"] * 5, np.ones(5), 2, "grpo", cfg, grader)
+        rewards.score_completions(["a"] * 5, ["1"] * 5, np.ones(5), 2, cfg, grader)
     with pytest.raises(ValueError, match="golds"):
-        rewards.score_completions(["a"] * 4, ["1"] * 3, np.ones(4), 2, "grpo", cfg, grader)
+        rewards.score_completions(["a"] * 4, ["1"] * 3, np.ones(4), 2, cfg, grader)
     with pytest.raises(ValueError, match="lengths"):
-        rewards.score_completions(["a"] * 4, ["1"] * 2, np.ones(3), 2, "grpo", cfg, grader)
+        rewards.score_completions(["a"] * 4, ["1"] * 2, np.ones(3), 2, cfg, grader)

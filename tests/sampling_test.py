@@ -1,106 +1,31 @@
 """Sampler: greedy parity with transformers, log-probs, sampling filters, mesh, bucketing."""
 
 import dataclasses
-import functools
 import importlib.util
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 
 import chex
+import fixtures
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from sampling_fixtures import (
+    DTR_CFG,
+    DTR_PARAMS,
+    DTR_TABLES,
+    PLAIN,
+    TABLES,
+    TINY,
+    random_prompts,
+    teacher_forced_logprobs,
+)
 
 from stepgrpo_jax import model, parallel, sampling
 from stepgrpo_jax.sampling import filters
 from stepgrpo_jax.sampling import sampler as sampler_lib
-
-TINY = model.ModelConfig(vocab_size=128, embed_dim=64, mlp_dim=128, num_layers=2, num_heads=4,
-                         num_kv_heads=2, head_dim=16, tie_word_embeddings=False)
-PLAIN = sampling.SamplerConfig(max_new_tokens=16, prompt_buckets=(8, 16), temperature=0.0,
-                               eos_ids=(1,), think_end_id=2, cache_dtype="float32")
-TABLES = sampling.TriggerTables.from_strings([f"<{i}>" for i in range(128)], ("Wait",))
-
-
-def biased_params(cfg: model.ModelConfig, seed: int, bias: dict[int, float],
-                  follow: dict[int, dict[int, float]] | None = None, scale: float = 0.3,
-                  head: float = 0.1) -> model.Params:
-    """Random params (weights of std `scale`, LM head `head`) whose logits also get `bias[v]`
-    on token v and `follow[a][v]` on v right after token a.
-
-    Each of these rides on a residual channel of its own that no layer reads (norm scale 0) or
-    writes (zero output rows): channel 0 holds 1 in every embedding, channel c holds 1 in token
-    a's. The final norm turns such a channel into a roughly constant feature (measured below),
-    and the LM head's row for the channel holds the logit offsets.
-    """
-    follow = follow or {}
-    n = 1 + len(follow)
-    rng = np.random.default_rng(seed)
-    params = jax.tree.map(
-        lambda s: np.ones(s.shape, np.float32) if s.init == "ones"
-        else rng.normal(0, scale, s.shape).astype(np.float32),
-        model.param_specs(cfg), is_leaf=lambda s: hasattr(s, "init"))
-    layers = params["layers"]
-    for name in ("input_layernorm", "post_attention_layernorm"):
-        layers[name][:, :n] = 0
-    layers["o_proj"][..., :n] = 0
-    layers["down_proj"][..., :n] = 0
-    embed = params["embed_tokens"]
-    embed[:, :n] = 0
-    embed[:, 0] = 1
-    for channel, a in enumerate(follow, start=1):
-        embed[a, channel] = 1
-    ids = rng.integers(0, cfg.vocab_size, (8, 16))
-    h, _ = _hidden_states(cfg)(jax.tree.map(jnp.asarray, params), jnp.asarray(ids))
-    unit = float(jnp.mean(h[..., 0]))
-    head_w = params["lm_head"] * (head / scale)
-    head_w[:n] = 0
-    for v, b in bias.items():
-        head_w[0, v] = b / unit
-    for channel, targets in enumerate(follow.values(), start=1):
-        for v, b in targets.items():
-            head_w[channel, v] = b / unit
-    return jax.tree.map(jnp.asarray, params | {"lm_head": head_w})
-
-
-@functools.cache
-def _hidden_states(cfg: model.ModelConfig):
-    return jax.jit(functools.partial(model.hidden_states, cfg))
-
-
-@functools.cache
-def _forward(cfg: model.ModelConfig):
-    return jax.jit(functools.partial(model.forward, cfg))
-
-
-def full_logprobs(cfg, params, ids, pad_to: int = 64) -> np.ndarray:
-    """Next-token log-probs [len(ids), V] after each prefix of `ids`, from one forward pass
-    over the whole text (no cache), padded to a fixed length so that it compiles once."""
-    padded = np.zeros((1, pad_to), np.int32)
-    padded[0, :len(ids)] = ids
-    mask = np.arange(pad_to)[None] < len(ids)
-    logits = _forward(cfg)(params, jnp.asarray(padded), jnp.asarray(mask))
-    z = np.asarray(logits[0, :len(ids)], np.float64)
-    z -= z.max(-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
-
-def teacher_forced_logprobs(cfg, params, prompt, completion) -> np.ndarray:
-    """log p(completion[t] | prompt, completion[:t]), float32 model, scored in one pass."""
-    logp = full_logprobs(cfg, params, list(prompt) + list(completion))
-    positions = np.arange(len(prompt) - 1, len(prompt) + len(completion) - 1)
-    return logp[positions, np.asarray(completion)]
-
-
-def random_prompts(seed: int, n: int, lengths=(3, 12), low: int = 20) -> list[list[int]]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(low, TINY.vocab_size, size=rng.integers(*lengths)).tolist()
-            for _ in range(n)]
 
 
 def test_greedy_matches_transformers(tmp_path):
@@ -183,8 +108,6 @@ def test_greedy_takes_the_first_maximum():
 
 
 def test_mesh_matches_single_device():
-    from dtr_test import DTR_CFG, DTR_PARAMS, DTR_TABLES
-
     prompts = random_prompts(5, 8)
     single = sampling.Sampler(TINY, DTR_CFG, DTR_TABLES)(DTR_PARAMS, prompts, jax.random.key(0))
     mesh = parallel.make_mesh((2, 2, 2))
@@ -245,6 +168,12 @@ def test_generate_tool(tmp_path, qwen3_tokenizer_dir):
     assert len(first["token_ids"]) == len(first["logprobs"]) == 12
     assert first["exit_reason"] in sampling.EXIT_REASONS
     assert first["text"] == tok.decode(first["token_ids"])
+    # Three samples on one row of the engine equal the static batch's.
+    sampled = ["--prompt", "What is 2+3?", "--dtr", "--num_samples", "3", "--seed", "1"]
+    static = generate.main(args + sampled + ["--engine", "static"])["completions"]
+    engine = generate.main(args + sampled + ["--rows", "1"])["completions"]
+    assert [c["token_ids"] for c in engine] == [c["token_ids"] for c in static]
+    assert len({tuple(c["token_ids"]) for c in static}) > 1
     with pytest.raises(SystemExit):
         generate.main(args + ["--prompt_ids", "1,x"])
     with pytest.raises(ValueError, match="outside the model's vocabulary"):
@@ -265,21 +194,12 @@ def _distributed_rows(process_id: int, out: str) -> None:
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     """Each process passes its own rows and gets them back (jax.distributed on CPU)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    procs = [subprocess.Popen(
-        [sys.executable, "-c",
-         "import jax, sys; jax.config.update('jax_cpu_collectives_implementation', 'gloo'); "
-         f"jax.distributed.initialize('127.0.0.1:{port}', 2, {i}); "
-         "sys.path.insert(0, 'tests'); import sampling_test; "
-         f"sampling_test._distributed_rows({i}, '{tmp_path}/{i}.npz')"],
-        env=env, cwd=os.path.dirname(os.path.dirname(__file__)), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    for p in procs:
-        log = p.communicate(timeout=240)[0]  # A hung collective fails instead of stalling.
-        assert p.returncode == 0, log[-4000:]
+    fixtures.run_processes(lambda i, port: [
+        fixtures.PYTHON, "-c",
+        f"import jax, sys; jax.distributed.initialize('127.0.0.1:{port}', 2, {i}); "
+        "sys.path.insert(0, 'tests'); import sampling_test; "
+        f"sampling_test._distributed_rows({i}, '{tmp_path}/{i}.npz')"],
+        devices=4, timeout=240)  # A hung collective fails instead of stalling.
     want = sampling.Sampler(TINY, PLAIN, TABLES)(model.init_params(TINY, jax.random.key(0)),
                                                  random_prompts(5, 8), jax.random.key(0))
     for i in range(2):

@@ -22,7 +22,7 @@ def _config(testbed_dir, steps):
     c.mode = "sft"
     c.total_steps = steps
     c.data.train_files = (f"{testbed_dir}/sft.jsonl",)
-    c.data.response_field = "response"
+    c.data.response = "response"
     c.sft.batch_size = 8
     c.optim.learning_rate = 3e-3
     c.ckpt.every_steps = 3
@@ -45,6 +45,7 @@ def test_rows_mask_the_response_only(testbed_dir):
         sft.encode_rows(tok, [p], max_len=16)
 
 
+@pytest.mark.slow
 def test_loss_falls_and_a_run_resumes(testbed_dir, tmp_path):
     workdir = str(tmp_path / "sft")
     sft.train(_config(testbed_dir, 6), workdir)

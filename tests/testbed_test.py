@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from stepgrpo_jax import rewards, testbed, tokenizer
+from stepgrpo_jax import grading, rewards, testbed, tokenizer
 
 ALL_DIFFICULTIES = (1, 2, 3, 4)
 
@@ -96,7 +96,7 @@ def test_trace_step_counts_and_answers(rows):
         response = r["response"]
         assert r["steps"] == rewards.count_steps(response) == \
             1 + r["necessary"] + r["redundant"], response
-        assert rewards.extract_boxed(response) == r["answer"]
+        assert grading.answer_boxes(response)[-1:] == (r["answer"],)
         assert response.startswith("<think>\nThe sum is ") and response.endswith("<|im_end|>")
         first = testbed.first_answer(response)
         assert r["first_correct"] == (str(first) == r["answer"]) == (r["necessary"] == 0)

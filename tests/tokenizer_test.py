@@ -1,4 +1,6 @@
-"""The offline Qwen3 tokenizer build and the chat prompt."""
+"""The offline Qwen3 tokenizer build, the chat prompt and the stop ids."""
+
+import json
 
 from stepgrpo_jax import tokenizer
 
@@ -25,7 +27,7 @@ def test_chat_prompt_matches_official_layout(qwen3_tokenizer_dir):
     tok = tokenizer.load(qwen3_tokenizer_dir)
     expected = "<|im_start|>user\nWhat is 1+1?<|im_end|>\n<|im_start|>assistant\n"
     assert tokenizer.chat_prompt("What is 1+1?") == expected
-    ids = tokenizer.encode_chat(tok, "What is 1+1?")
+    ids = tok.encode(tokenizer.chat_prompt("What is 1+1?"), add_special_tokens=False)
     assert ids[:3] == [151644, 872, 198]  # <|im_start|> user \n
     assert ids[-3:] == [151644, 77091, 198]  # <|im_start|> assistant \n
     assert tok.decode(ids) == expected
@@ -39,3 +41,25 @@ def test_problem_prompt():
     prompt = tokenizer.problem_prompt("Solve x+1=2.")
     assert prompt.endswith("Solve x+1=2. Please reason step by step, and put your final answer "
                            "within \\boxed{}.<|im_end|>\n<|im_start|>assistant\n")
+
+
+IM_END, ENDOFTEXT = 151645, 151643
+
+
+def test_stop_ids_always_include_im_end(qwen3_tokenizer_dir, tmp_path):
+    # A base checkpoint's tokenizer declares <|endoftext|> as EOS; ChatML still ends at <|im_end|>.
+    tok = tokenizer.load(qwen3_tokenizer_dir)
+    tok.eos_token = "<|endoftext|>"
+    assert tok.eos_token_id == ENDOFTEXT
+    assert tokenizer.stop_ids(tok) == (ENDOFTEXT, IM_END)
+    assert tokenizer.stop_ids(tok, str(tmp_path)) == (ENDOFTEXT, IM_END)  # No generation config.
+
+
+def test_stop_ids_read_every_eos_of_the_generation_config(qwen3_tokenizer_dir, tmp_path):
+    tok = tokenizer.load(qwen3_tokenizer_dir)  # EOS <|im_end|>.
+    assert tokenizer.stop_ids(tok) == (IM_END,)
+    config = tmp_path / "generation_config.json"
+    config.write_text(json.dumps({"eos_token_id": [IM_END, ENDOFTEXT, 151662]}))
+    assert tokenizer.stop_ids(tok, str(tmp_path)) == (ENDOFTEXT, IM_END, 151662)
+    config.write_text(json.dumps({"eos_token_id": ENDOFTEXT}))
+    assert tokenizer.stop_ids(tok, str(tmp_path)) == (ENDOFTEXT, IM_END)

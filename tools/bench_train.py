@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from stepgrpo_jax import grpo, model, parallel
+from stepgrpo_jax import grpo, model, parallel, train_state
 
 PRESET = flags.DEFINE_string("preset", "", "Qwen3 preset (e.g. qwen3-1.7b); empty: a CPU size.")
 BATCH = flags.DEFINE_integer("batch", 8, "Sequences per update.")
@@ -57,12 +57,12 @@ def main(argv):
     cfg = (model.preset(PRESET.value, **numerics) if PRESET.value
            else model.ModelConfig(**CPU_SIZE, **numerics))
     mesh = parallel.make_mesh(tuple(int(x) for x in MESH.value))
-    optimizer = grpo.make_optimizer(1e-6)
-    state = grpo.init_train_state(cfg, optimizer, mesh, rng=jax.random.key(0))
+    optimizer = train_state.make_optimizer(1e-6)
+    state = train_state.init_train_state(cfg, optimizer, mesh, rng=jax.random.key(0))
     ref = jax.tree.map(jnp.copy, state.params)
     update = grpo.make_update_step(cfg, grpo.LossConfig(), optimizer, mesh,
                                    num_microbatches=MICRO.value)
-    logprobs = grpo.make_compute_logprobs(cfg, mesh)
+    logprobs = train_state.make_compute_logprobs(cfg, mesh)
     rng = np.random.RandomState(0)
     B, T = BATCH.value, SEQ.value
     batch = {"input_ids": rng.randint(0, cfg.vocab_size, (B, T)).astype(np.int32),

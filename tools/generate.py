@@ -3,6 +3,10 @@ r"""Samples completions of one prompt with the compiled sampler; prints them, op
   python tools/generate.py --model_dir /path/to/Qwen3-0.6B --prompt "What is 2+3?" \
       --num_samples 4 --max_new_tokens 512 --temperature 0.6 --top_p 0.95 --top_k 20 --dtr
 
+`--engine continuous` (default) runs the samples on a pool of `--rows` decode rows (default: one
+per sample), refilled as samples finish; `--engine static` decodes all samples as one batch. Both
+give the same completions for the same `--seed`.
+
 `--model_dir` is an HF Qwen3 directory or a checkpoint directory of ours; the tokenizer comes from
 `--tokenizer_dir` (default: the model directory). A text prompt goes through the Qwen3 chat
 template unless `--raw`; `--prompt_ids` are used as they are. `--temperature 0` is greedy;
@@ -32,6 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     prompt.add_argument("--prompt_ids", help="comma-separated token ids, used as they are")
     parser.add_argument("--raw", action="store_true", help="do not apply the chat template")
     parser.add_argument("--num_samples", type=int, default=1)
+    parser.add_argument("--engine", choices=["continuous", "static"], default="continuous")
+    parser.add_argument("--rows", type=int, help="continuous: decode rows (default: num_samples)")
     parser.add_argument("--max_new_tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
     parser.add_argument("--top_p", type=float, default=1.0, help="1: off")
@@ -44,8 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="params, compute and KV cache")
     parser.add_argument("--json", help="write the completions here")
     args = parser.parse_args(argv)
-    if args.num_samples < 1 or args.max_new_tokens < 1:
-        parser.error("--num_samples and --max_new_tokens must be at least 1")
+    args.rows = args.rows or args.num_samples
+    if min(args.num_samples, args.max_new_tokens, args.rows) < 1:
+        parser.error("--num_samples, --max_new_tokens and --rows must be at least 1")
     if args.prompt_ids is not None:
         try:
             args.prompt_ids = [int(i) for i in args.prompt_ids.split(",")]
@@ -70,20 +77,15 @@ def prompt_ids(args: argparse.Namespace, tok, vocab_size: int) -> list[int]:
 
 
 def sampler_config(args: argparse.Namespace, tok, prompt_len: int) -> sampling.SamplerConfig:
-    def token_id(text: str) -> int | None:
-        i = tok.convert_tokens_to_ids(text)
-        return None if i is None or i == tok.unk_token_id else i
-
-    eos_ids = tuple(sorted({i for i in (tok.eos_token_id, token_id("<|im_end|>"),
-                                        token_id("<|endoftext|>")) if i is not None}))
-    think_end = token_id("</think>")
+    think_end = tok.convert_tokens_to_ids("</think>")
+    think_end = None if think_end == tok.unk_token_id else think_end
     if args.dtr and think_end is None:
         raise ValueError("--dtr needs a tokenizer with a </think> token")
     return sampling.SamplerConfig(
         max_new_tokens=args.max_new_tokens,
         prompt_buckets=(max(16, 1 << (prompt_len - 1).bit_length()),),
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-        cache_dtype=args.dtype, eos_ids=eos_ids,
+        cache_dtype=args.dtype, eos_ids=tokenizer.stop_ids(tok, args.model_dir),
         think_end_id=-1 if think_end is None else think_end,
         pad_id=tok.pad_token_id or 0,
         dtr=(sampling.DTRConfig.from_tokenizer(tok, threshold=args.dtr_threshold)
@@ -98,8 +100,12 @@ def main(argv=None) -> dict:
     scfg = sampler_config(args, tok, len(ids))
     tables = sampling.TriggerTables.from_tokenizer(tok, args.triggers.split(","),
                                                    cfg.vocab_size)
-    out = sampling.Sampler(cfg, scfg, tables)(params, [ids] * args.num_samples,
-                                              jax.random.key(args.seed))
+    rng = jax.random.key(args.seed)
+    if args.engine == "continuous":
+        engine = sampling.Engine(cfg, scfg, tables, num_rows=args.rows)
+        out = engine(params, [ids], args.num_samples, rng)
+    else:
+        out = sampling.Sampler(cfg, scfg, tables)(params, [ids] * args.num_samples, rng)
     completions = []
     for row in range(args.num_samples):
         n = int(out.lengths[row])

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU benchmarks in one device call (docs/benchmarks.md records the results):
 #   our sampler vs transformers generate and the Tunix sampler (1.7B and 0.6B shapes),
-#   DTR on/off, the GRPO update's MFU, and the bf16 parity tests.
+#   DTR on/off, the rollout engine vs the static sampler on heavy-tailed lengths, one decode
+#   step at 10% and 90% cache fill, the GRPO update's MFU, and the bf16 parity tests.
 # Wheels the device image lacks travel in .whl/ (see the device README); tunix goes there too.
 #   bash tools/gpu_bench.sh [PEER_BENCH_DIR]
 set -uo pipefail
@@ -22,6 +23,10 @@ for shape in qwen3-1.7b qwen3-0.6b; do
   [ -f "$peers/tunix_sampler.py" ] && python3 "$peers/tunix_sampler.py" --shape "$shape" \
     --batch 256 --prompt_len 128 --new_tokens 512 --dtype bfloat16 | tee "$out/tunix_$shape.json"
 done
+python3 tools/bench_rollout.py --budget 2048 --prompts 512 --group_size 4 --rows 256 \
+  --json "$out/rollout.json" | tee "$out/rollout.txt"
+python3 tools/bench_decode_fill.py --batch 64 --slots 32768 --block 512 \
+  --json "$out/decode_fill.json" | tee "$out/decode_fill.txt"
 python3 tools/bench_train.py --preset qwen3-1.7b --batch 16 --seq 2048 --dtype bfloat16 \
   --microbatches 4 | tee "$out/train.txt"
-python3 -m pytest -q tests/model_test.py tests/sampling_test.py 2>&1 | tail -n 5 | tee "$out/tests.txt"
+python3 -m pytest -q tests/model_test.py tests/sampling_test.py tests/engine_test.py 2>&1 | tail -n 5 | tee "$out/tests.txt"

@@ -1,7 +1,7 @@
 """Memory of the GRPO loss (forward + backward) for Qwen3-8B on 8 x 16,384 tokens.
 
 XLA's compile-time memory analysis of abstract shapes: nothing is allocated, so it runs on a
-laptop CPU. Prints the chunked loss (`grpo.token_logprobs` + `grpo.policy_loss`) for the whole
+laptop CPU. Prints the chunked loss (`model.token_logprobs` + `grpo.policy_loss`) for the whole
 model; with no decoder layers, the chunked head against the naive one that materialises the
 float32 [B, T, V] logits; and one layer's attention, blockwise against dense.
 
@@ -84,7 +84,7 @@ def main() -> None:
     print(f"naive float32 [B, T, V] logits alone: {B * T * V * 4 / GB:.1f} GB")
 
     def chunked(cfg, params, ids, mask):
-        return grpo.token_logprobs(cfg, params, ids, mask, chunk_size=args.chunk)
+        return model.token_logprobs(cfg, params, ids, mask, chunk_size=args.chunk)
 
     head = cfg.replace(num_layers=0)  # Embedding, final norm and LM head only.
     for name, fn in (("chunked", chunked), ("naive", naive_token_logprobs)):

@@ -23,7 +23,7 @@ from ml_collections import config_flags
 # Config files import `configs.*`, which lives at the repository root.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from stepgrpo_jax import demo, experiment, parallel  # noqa: E402
+from stepgrpo_jax import demo, parallel  # noqa: E402
 
 CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Testbed config.",
                                          lock_config=True)
@@ -245,7 +245,7 @@ def main(argv):
     unknown = set(arms) - set(ARMS)
     if unknown:
         raise app.UsageError(f"--arms: unknown {sorted(unknown)}; expected some of {list(ARMS)}")
-    with parallel.logical_rules(experiment.mesh_rules(CONFIG.value)):
+    with parallel.logical_rules(CONFIG.value.mesh.rules):
         results = run(CONFIG.value, OUT.value, arms, [int(s) for s in SEEDS.value],
                       [int(b) for b in BUDGETS.value])
     report = markdown(results, "python " + " ".join(sys.argv))

@@ -1,4 +1,5 @@
-"""The Qwen3 decoder: shapes (`config`) and the functional model (`qwen3`)."""
+"""The Qwen3 decoder: shapes (`config`), the functional model (`qwen3`) and per-token
+log-probs under it (`logprobs`)."""
 
 from stepgrpo_jax.model.config import (
     PRESETS,
@@ -8,6 +9,7 @@ from stepgrpo_jax.model.config import (
     preset,
     to_hf_config,
 )
+from stepgrpo_jax.model.logprobs import token_logprobs
 from stepgrpo_jax.model.qwen3 import (
     KVCache,
     Params,
@@ -28,5 +30,5 @@ __all__ = [
     "PRESETS", "KVCache", "ModelConfig", "Params", "UnsupportedModelError", "abstract_params",
     "default_positions", "forward", "from_hf_config", "hidden_states", "init_cache",
     "init_params", "lm_head", "logits_from_hidden", "num_params", "param_axes", "param_specs",
-    "preset", "to_hf_config",
+    "preset", "to_hf_config", "token_logprobs",
 ]

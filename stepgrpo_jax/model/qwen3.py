@@ -7,7 +7,7 @@ Params are a nested dict whose names follow HF's Qwen3 names (so `hf.py` is a sh
 the layers are stacked on a leading `L` axis and run with `lax.scan`, which keeps compile time
 independent of depth. `param_specs` is the single table of names, shapes and logical axes.
 Attention runs blockwise with an online softmax and a FlashAttention-2 backward (memory linear
-in the sequence) for training and prefill, and dense for decoding.
+in the sequence) for training and prefill; decoding reads only the written part of the cache.
 """
 
 from __future__ import annotations
@@ -183,33 +183,45 @@ def _key_blocks(k, v, k_pos, k_valid, size: int):
     return _blocks(k, size), _blocks(v, size), _blocks(k_pos, size), _blocks(k_valid, size, False)
 
 
+def _online_init(q: jax.Array):
+    """Accumulator, running max and running sum of the online softmax of q [B, C, K, G, H]."""
+    B, C, K, G, H = q.shape
+    return jnp.zeros((B, K, G, C, H)), jnp.full((B, K, G, C), _MASKED), jnp.zeros((B, K, G, C))
+
+
+def _online_update(carry, q, k, v, seen):
+    """Folds one key block (k, v [B, S, K, H], seen [B, 1, 1, C, S]) into the online softmax.
+    A row that sees no key of the block keeps its carry exactly (its terms are all 0)."""
+    acc, run_max, run_sum = carry
+    s = _scores(q, k, seen)
+    new_max = jnp.maximum(run_max, s.max(-1))
+    p = jnp.where(seen, jnp.exp(s - new_max[..., None]), 0.0)
+    rescale = jnp.exp(run_max - new_max)
+    pv = jnp.einsum("bkgts,bskh->bkgth", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return acc * rescale[..., None] + pv, new_max, run_sum * rescale + p.sum(-1)
+
+
+def _online_result(carry):
+    """The output [B, C, K, G, H] (float32) and log-sum-exp [B, K, G, C] of the online softmax."""
+    acc, run_max, run_sum = carry
+    run_sum = jnp.where(run_sum == 0, 1.0, run_sum)  # A query seeing no key outputs 0 (as dense).
+    return jnp.einsum("bkgth->btkgh", acc / run_sum[..., None]), run_max + jnp.log(run_sum)
+
+
 def _flash_rows(q, q_pos, keys):
     """One query block q [B, C, K, G, H] against every key block, keeping a running max and sum
     of the scores (online softmax). Returns the output [B, C, K, G, H] and the log-sum-exp
     [B, K, G, C]."""
-    B, C, K, G, H = q.shape
 
     def step(carry, key_block):
         k, v, k_pos, k_valid = key_block
         seen = _seen(q_pos, k_pos, k_valid)
-
-        def update(carry):
-            acc, run_max, run_sum = carry
-            s = _scores(q, k, seen)
-            new_max = jnp.maximum(run_max, s.max(-1))
-            p = jnp.where(seen, jnp.exp(s - new_max[..., None]), 0.0)
-            rescale = jnp.exp(run_max - new_max)
-            pv = jnp.einsum("bkgts,bskh->bkgth", p.astype(v.dtype), v,
-                            preferred_element_type=jnp.float32)
-            return acc * rescale[..., None] + pv, new_max, run_sum * rescale + p.sum(-1)
-
         # Skips blocks that hide every key: the causal upper triangle, unwritten cache slots.
+        update = functools.partial(_online_update, q=q, k=k, v=v, seen=seen)
         return jax.lax.cond(seen.any(), update, lambda c: c, carry), None
 
-    init = jnp.zeros((B, K, G, C, H)), jnp.full((B, K, G, C), _MASKED), jnp.zeros((B, K, G, C))
-    (acc, run_max, run_sum), _ = jax.lax.scan(step, init, keys)
-    run_sum = jnp.where(run_sum == 0, 1.0, run_sum)  # A query seeing no key outputs 0 (as dense).
-    return jnp.einsum("bkgth->btkgh", acc / run_sum[..., None]), run_max + jnp.log(run_sum)
+    carry, _ = jax.lax.scan(step, _online_init(q), keys)
+    return _online_result(carry)
 
 
 # Under grad of the layer scan, scan's partial evaluation would hoist every block's
@@ -296,6 +308,52 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array, k_pos:
     return out.reshape(B, T, N, H)
 
 
+def _cached_attention(q, k, v, positions, k_all, v_all, layer, block: int):
+    """Attention of q [B, T, N, H] over layer `layer` of the stacked caches k_all, v_all
+    [L, B, S, K, H], after writing the new k, v [B, T, K, H] at their positions (writes past S
+    drop). Returns the output and the updated caches.
+
+    Prefill (T > 1) runs `attention` over every slot. Decoding reads only the written part of
+    the cache: key blocks of `block` slots (all S when 0) up to the largest position fed, in a
+    loop whose trip count is that length, so a step's cost grows with the longest row's filled
+    length, not with S. Keys past a row's own position are masked as usual; a block a row does
+    not see leaves its online softmax exactly as it was, so the result does not depend on the
+    other rows of the batch or on S.
+    """
+    B, T, N, H = q.shape
+    L, _, S, K, _ = k_all.shape
+    rows = jnp.arange(B)[:, None]
+    k_all = k_all.at[layer, rows, positions].set(k.astype(k_all.dtype), mode="drop")
+    v_all = v_all.at[layer, rows, positions].set(v.astype(v_all.dtype), mode="drop")
+    if T > 1:
+        k_pos = jnp.broadcast_to(jnp.arange(S), (B, S))
+        out = attention(q, k_all[layer].astype(q.dtype), v_all[layer].astype(q.dtype), positions,
+                        k_pos, jnp.ones((B, S), bool), block)
+        return out, k_all, v_all
+    qg = q.reshape(B, T, K, N // K, H)
+    size = min(block or S, S)
+    # Rows that feed past the cache (finished rows) read nothing.
+    filled = jnp.max(jnp.where(positions < S, positions + 1, 0))
+    read = functools.partial(read_cache_block, q=qg, k_all=k_all, v_all=v_all, layer=layer,
+                             q_pos=positions, size=size)
+    carry = jax.lax.fori_loop(0, (filled + size - 1) // size, read, _online_init(qg))
+    out, _ = _online_result(carry)
+    return out.astype(q.dtype).reshape(B, T, N, H), k_all, v_all
+
+
+def read_cache_block(j, carry, q, k_all, v_all, layer, q_pos, size: int):
+    """Folds key block j (slots j * size on, of layer `layer` of the caches [L, B, S, K, H])
+    into the online softmax `carry` of q [B, T, K, G, H] at positions q_pos [B, T]: one trip of
+    the decode attention's loop."""
+    B, S, K, H = k_all.shape[1:]
+    # The last block is moved back to end at S; its slots before j * size were read already.
+    start = jnp.minimum(j * size, S - size)
+    kb, vb = (jax.lax.dynamic_slice(c, (layer, 0, start, 0, 0), (1, B, size, K, H))[0]
+              .astype(q.dtype) for c in (k_all, v_all))
+    k_pos = jnp.broadcast_to(start + jnp.arange(size), (B, size))
+    return _online_update(carry, q, kb, vb, _seen(q_pos, k_pos, k_pos >= j * size))
+
+
 _REMAT = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots,
@@ -303,9 +361,10 @@ _REMAT = {
 }
 
 
-def _layer(cfg: ModelConfig, h, p, positions, k_valid, cache_k, cache_v):
-    """One decoder block. h: [B,T,D]. With a cache (cache_k [B,S,K,H]) the new keys are written
-    at their positions and attention runs over all S slots; without, over the T tokens."""
+def _layer(cfg: ModelConfig, h, p, positions, k_valid, cache=None):
+    """One decoder block. h: [B,T,D]. Without a cache, attention runs over the T tokens
+    (`k_valid` marks the real ones); with one, `cache` = (k_all, v_all [L,B,S,K,H], this layer's
+    index): see `_cached_attention`. Returns h and the updated (k_all, v_all) or None."""
     dt = cfg.compute_dtype
     x = rms_norm(h, p["input_layernorm"], cfg.rms_norm_eps)
     q = jnp.einsum("btd,dnh->btnh", x, p["q_proj"].astype(dt))
@@ -314,15 +373,10 @@ def _layer(cfg: ModelConfig, h, p, positions, k_valid, cache_k, cache_v):
     q = rope(rms_norm(q, p["q_norm"], cfg.rms_norm_eps), positions, cfg.rope_theta)
     k = rope(rms_norm(k, p["k_norm"], cfg.rms_norm_eps), positions, cfg.rope_theta)
     q = constrain(q, ("act_batch", "act_seq", "act_heads", None))
-    if cache_k is None:
-        k_pos = positions
+    if cache is None:
+        out = attention(q, k, v, positions, positions, k_valid, cfg.attention_block)
     else:
-        rows = jnp.arange(h.shape[0])[:, None]
-        cache_k = cache_k.at[rows, positions].set(k.astype(cache_k.dtype), mode="drop")
-        cache_v = cache_v.at[rows, positions].set(v.astype(cache_v.dtype), mode="drop")
-        k, v = cache_k.astype(dt), cache_v.astype(dt)
-        k_pos = jnp.broadcast_to(jnp.arange(k.shape[1]), k.shape[:2])
-    out = attention(q, k, v, positions, k_pos, k_valid, cfg.attention_block)
+        out, *cache = _cached_attention(q, k, v, positions, *cache, cfg.attention_block)
     out = checkpoint_name(out, "attention")
     h = h + jnp.einsum("btnh,nhd->btd", out, p["o_proj"].astype(dt))
     h = constrain(h, ("act_batch", "act_seq", "act_embed"))
@@ -332,7 +386,7 @@ def _layer(cfg: ModelConfig, h, p, positions, k_valid, cache_k, cache_v):
     act = constrain(jax.nn.silu(gate) * up, ("act_batch", "act_seq", "act_mlp"))
     h = h + jnp.einsum("btf,fd->btd", act, p["down_proj"].astype(dt))
     h = constrain(h, ("act_batch", "act_seq", "act_embed"))
-    return h, cache_k, cache_v
+    return h, cache
 
 
 def default_positions(attention_mask: jax.Array) -> jax.Array:
@@ -363,24 +417,19 @@ def hidden_states(cfg: ModelConfig, params: Params, input_ids: jax.Array,
 
     if cache is None:
         def body(h, p):
-            h, _, _ = _layer(cfg, h, p, positions, attention_mask, None, None)
+            h, _ = _layer(cfg, h, p, positions, attention_mask)
             return h, None
 
         if cfg.remat != "none":
             body = jax.checkpoint(body, policy=_REMAT[cfg.remat], prevent_cse=False)
         h, _ = jax.lax.scan(body, h, params["layers"])
     else:
-        rows = jnp.arange(h.shape[0])[:, None]
-        k_valid = jnp.ones(cache.k.shape[1:3], bool)
-
         def body(carry, xs):
             h, k_all, v_all = carry
             p, i = xs
-            h, ck, cv = _layer(cfg, h, p, positions, k_valid, k_all[i], v_all[i])
-            # Write back only this call's slots: the carried cache is updated in place, where
+            # The whole cache is carried and only this call's slots are written, in place:
             # returning each layer's slice would copy the whole cache every decode step.
-            k_all = k_all.at[i, rows, positions].set(ck[rows, positions], mode="drop")
-            v_all = v_all.at[i, rows, positions].set(cv[rows, positions], mode="drop")
+            h, (k_all, v_all) = _layer(cfg, h, p, positions, None, (k_all, v_all, i))
             return (h, k_all, v_all), None
 
         layers = (params["layers"], jnp.arange(cfg.num_layers))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
 
@@ -13,6 +14,7 @@ if TYPE_CHECKING:  # Importing transformers costs seconds; only its type is used
 # How thinking ended (SPEC §3): `length` means the response budget ran out while still thinking.
 EXIT_REASONS = ("natural", "early_exit", "budget", "eos", "length")
 
+# SPEC §3's strings, defined here only (configs and the testbed import them).
 PROBE_PROMPT = "\n**Final Answer**\n\\boxed"
 EXIT_SUFFIX = "\n</think>\n\n"
 NATURAL_SUFFIX = "\n\n"  # Appended after the model's own `</think>`.
@@ -49,6 +51,12 @@ class DTRConfig:
 
         return cls(encode(probe_prompt), encode(exit_suffix), encode(natural_suffix), **numbers)
 
+    @classmethod
+    def from_config(cls, dtr: Mapping[str, Any], tok: PreTrainedTokenizerBase) -> DTRConfig:
+        """From a `config.dtr` section: its fields named like this class's, and the strings."""
+        return cls.from_tokenizer(tok, dtr["probe_prompt"], dtr["exit_suffix"],
+                                  **_same_names(cls, dtr))
+
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
@@ -75,6 +83,30 @@ class SamplerConfig:
                              f"in (0, 1], top_k={self.top_k} >= 0")
         jnp.dtype(self.cache_dtype)  # Fails early on a bad name.
 
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], tok: PreTrainedTokenizerBase, *,
+                    evaluation: bool = False) -> SamplerConfig:
+        """The rollout sampler of `config.sampling` and `config.dtr`, or with `evaluation` the
+        plain sampler of `config.eval` (its fields override `config.sampling`'s; with
+        `eval.exit_after_first_step`, thinking closes at the first step boundary); token ids
+        from `tok`, stop ids from `tokenizer.stop_ids`."""
+        from stepgrpo_jax import tokenizer  # Imports transformers: only when building.
+
+        fields = {**config["sampling"], **(config["eval"] if evaluation else {})}
+        dtr = None
+        if config["dtr"]["enabled"] and not evaluation:
+            dtr = DTRConfig.from_config(config["dtr"], tok)
+        elif evaluation and config["eval"]["exit_after_first_step"]:
+            # DTR forcing the exit at the first step boundary: a threshold below any confidence
+            # (they lie in [0, 1]) makes the first probe exit, after one probe token. No
+            # thinking budget: a response with no trigger thinks as in plain sampling.
+            dtr = DTRConfig.from_tokenizer(tok, config["dtr"]["probe_prompt"],
+                                           config["dtr"]["exit_suffix"], threshold=-1.0,
+                                           probe_budget=1, max_probes=1, think_budget_frac=1.0)
+        return cls(**_same_names(cls, fields), eos_ids=tokenizer.stop_ids(tok, config["model_dir"]),
+                   think_end_id=tok.convert_tokens_to_ids("</think>"), pad_id=tok.pad_token_id,
+                   dtr=dtr)
+
     @property
     def think_budget(self) -> int:
         return int(self.dtr.think_budget_frac * self.max_new_tokens) if self.dtr else 0
@@ -86,3 +118,11 @@ class SamplerConfig:
             raise ValueError(f"prompt of {prompt_len} tokens is longer than the largest bucket "
                              f"{max(self.prompt_buckets)} (SamplerConfig.prompt_buckets)")
         return fits[0]
+
+
+def _same_names(cls, section: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of a config section named like fields of dataclass `cls` (sequences as
+    tuples, so the dataclass stays hashable)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: tuple(v) if isinstance(v, list | tuple) else v
+            for k, v in section.items() if k in names}

@@ -8,9 +8,11 @@ import jax.numpy as jnp
 from stepgrpo_jax.sampling.config import SamplerConfig
 
 
-def row_keys(rng: jax.Array, batch: int) -> jax.Array:
-    """One PRNG stream per row, independent of the batch size and of how it is sharded."""
-    return jax.vmap(jax.random.fold_in, (None, 0))(rng, jnp.arange(batch))
+def request_keys(rng: jax.Array, request_ids: jax.Array) -> jax.Array:
+    """One PRNG stream per completion request [B]: `fold_in(rng, request_id)`. A completion's
+    random numbers then depend on its request only, never on the row, batch or moment it runs
+    in (`choose` folds in the completion's own iteration count next)."""
+    return jax.vmap(jax.random.fold_in, (None, 0))(rng, request_ids)
 
 
 # Vocabulary block of the two-stage argmax and draw: over a 152k vocabulary, a pass of plain
@@ -56,7 +58,8 @@ def categorical(keys: jax.Array, logits: jax.Array) -> jax.Array:
 
 def choose(logits: jax.Array, keys: jax.Array, step: jax.Array, scfg: SamplerConfig
            ) -> jax.Array:
-    """Next tokens [B] from float32 logits [B, V]; row b draws from stream `keys[b]` at `step`.
+    """Next tokens [B] from float32 logits [B, V]; row b draws from stream `keys[b]` at its
+    `step` (scalar or [B]: the decode iterations of that row's completion so far).
 
     Filters apply in HF's order: temperature, top-k, then top-p on what is left. Top-p keeps the
     smallest set of most likely tokens whose mass reaches `top_p`. Only the top-p-only case sorts
@@ -64,7 +67,7 @@ def choose(logits: jax.Array, keys: jax.Array, step: jax.Array, scfg: SamplerCon
     """
     if scfg.temperature == 0:
         return greedy(logits)
-    keys = jax.vmap(jax.random.fold_in, (0, None))(keys, step)
+    keys = jax.vmap(jax.random.fold_in)(keys, jnp.broadcast_to(step, logits.shape[:1]))
     logits = logits / scfg.temperature
     if scfg.top_k == 0 and scfg.top_p == 1:
         return categorical(keys, logits)

@@ -1,4 +1,5 @@
-"""The per-row state of the decode loop and its update: one token per row per iteration.
+"""Dynamic Truncated Rollout as the per-row decode state and its update: one token per row per
+iteration.
 
 Each iteration a row reads the logits after its last fed token, chooses one token and says which
 token to feed next at which cache slot. Rows are independent; every rule below is a masked
@@ -38,7 +39,7 @@ class Rows:
     """Decode state of every row (B rows, R = max_new_tokens)."""
 
     prompt_len: jax.Array  # [B] int32: cache slot of completion token i is prompt_len + i
-    keys: jax.Array  # [B] PRNG keys ([B, 2] if raw uint32 keys), one stream per row
+    keys: jax.Array  # [B] PRNG keys ([B, 2] if raw uint32 keys), one stream per request
     phase: jax.Array  # [B] int32: THINK / PROBE / ANSWER / DONE
     tokens: jax.Array  # [B, R] int32: the completion, then queued tokens up to `queued`
     logprobs: jax.Array  # [B, R] float32: log-prob of each token under the model (temperature 1)
@@ -58,11 +59,13 @@ class Rows:
     think_end: jax.Array  # [B] int32: where the answer starts; -1 while thinking
 
 
-def init(prompt_len: jax.Array, rng: jax.Array, max_new_tokens: int) -> Rows:
+def init(prompt_len: jax.Array, keys: jax.Array, max_new_tokens: int) -> Rows:
+    """Rows at the start of their completions; `keys` [B] are the requests' PRNG keys
+    (`filters.request_keys`)."""
     B, R = prompt_len.shape[0], max_new_tokens
     zeros = jnp.zeros(B, jnp.int32)
     return Rows(
-        prompt_len=prompt_len.astype(jnp.int32), keys=filters.row_keys(rng, B), phase=zeros,
+        prompt_len=prompt_len.astype(jnp.int32), keys=keys, phase=zeros,
         tokens=jnp.zeros((B, R), jnp.int32), logprobs=jnp.zeros((B, R), jnp.float32),
         forced=jnp.zeros((B, R), bool), length=zeros, queued=zeros, dfa=zeros + OUT,
         triggers=zeros, mark=zeros, mark_dfa=zeros + OUT, mark_triggers=zeros,
@@ -92,7 +95,9 @@ def _put_seq(x: jax.Array, start: jax.Array, seq: tuple[int, ...], mask: jax.Arr
 
 def advance(rows: Rows, logits: jax.Array, step: jax.Array, tables: TriggerTables,
             scfg: SamplerConfig, num_slots: int) -> tuple[Rows, jax.Array, jax.Array]:
-    """One iteration of every row given its next-token logits [B, V] (float32).
+    """One iteration of every row given its next-token logits [B, V] (float32). `step` (scalar
+    or [B] int32) counts the decode iterations of each row's completion so far: with the
+    request's key it picks the random numbers (`filters.choose`).
 
     Returns the new rows and, per row, the token to feed and its cache slot (`num_slots`, out of
     range, for finished rows: the model drops the write, so they touch nothing).
