@@ -42,14 +42,30 @@ def override(config: ml_collections.ConfigDict, **changes: Any) -> ml_collection
 
 
 def warm_start(config: ml_collections.ConfigDict, paths: dict[str, str], workdir: str) -> str:
-    """Supervised training on the traces; returns the checkpoint directory."""
+    """Supervised training on the traces; returns `warm_start_dir(config, workdir)`.
+
+    With `demo.sft_more_steps`, a second round continues from the first's checkpoint with a
+    fresh optimiser, the next seed's data order and `demo.sft_more_learning_rate` (a warm
+    restart of the cosine schedule), under `{workdir}/more`.
+    """
     d = config.demo
     c = override(config, mode="sft", tokenizer_dir=paths["tokenizer"], total_steps=d.sft_steps,
-              **{"data.train_files": (paths["sft"],), "data.response": "response",
-                 "optim.learning_rate": d.sft_learning_rate, "optim.schedule": "cosine",
-                 "optim.warmup_steps": d.sft_warmup_steps, "eval.files": ()})
+                 **{"data.train_files": (paths["sft"],), "data.response": "response",
+                    "optim.learning_rate": d.sft_learning_rate, "optim.schedule": "cosine",
+                    "optim.warmup_steps": d.sft_warmup_steps, "eval.files": ()})
     sft.train(c, workdir)
-    return os.path.join(workdir, "checkpoints")
+    if d.sft_more_steps:
+        c = override(c, model_dir=os.path.join(workdir, "checkpoints"), seed=config.seed + 1,
+                     total_steps=d.sft_more_steps,
+                     **{"optim.learning_rate": d.sft_more_learning_rate})
+        sft.train(c, os.path.join(workdir, "more"))
+    return warm_start_dir(config, workdir)
+
+
+def warm_start_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Where `warm_start` leaves its final checkpoint."""
+    last = os.path.join(workdir, "more") if config.demo.sft_more_steps else workdir
+    return os.path.join(last, "checkpoints")
 
 
 def measure(config: ml_collections.ConfigDict, model_dir: str, paths: dict[str, str],

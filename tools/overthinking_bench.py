@@ -209,7 +209,7 @@ def run(config, out: str, arms: list[str], seeds: list[int], budgets: list[int])
     os.makedirs(out, exist_ok=True)
     paths = demo.prepare_data(config, out)
     sft_workdir = os.path.join(out, "sft")
-    sft_dir = os.path.join(sft_workdir, "checkpoints")
+    sft_dir = demo.warm_start_dir(config, sft_workdir)
     if not os.path.exists(os.path.join(sft_workdir, "done")):
         demo.warm_start(config, paths, sft_workdir)
         open(os.path.join(sft_workdir, "done"), "w").close()
