@@ -29,7 +29,9 @@ def _run(acc, tokens, steps, short=0.1):
                       "steps_after_right": 2.0},
                 "2": {"steps_mean": steps + 0.5, "accuracy": acc - 0.1,
                       "response_tokens_mean": tokens, "first_correct": 1.0, "fixed": None,
-                      "steps_after_right": 1.5}},
+                      "steps_after_right": 1.5},
+                "3": {"steps_mean": 1.0, "accuracy": 0.0, "response_tokens_mean": tokens,
+                      "first_correct": 0.0, "fixed": 0.0, "steps_after_right": None}},
             "budgets": {"32": short, "256": acc}}
 
 
@@ -58,11 +60,12 @@ def test_summary_targets_and_markdown(bench):
     report = bench.markdown(results, "python x")
     assert "| d=1 | 70.0% | 90% | 75% | +2.0 pt | 2.00 |" in report
     assert "| d=2 | 50.0% | 100% | - | +10.0 pt | 1.50 |" in report
+    assert "| d=3 | 0.0% | 0% | 0% | +0.0 pt | - |" in report
     assert "| step_grpo | 2 | 60.0 ± 2.8% | +0.0 pt | 62.0 ± 2.8 | 77.5% | 2.20 ± 0.28 |" \
         in report
-    assert "| step_grpo | 1.70 ± 0.28 | 2.70 ± 0.28 |" in report  # Steps by difficulty.
+    assert "| step_grpo | 1.70 ± 0.28 | 2.70 ± 0.28 | 1.00 ± 0.00 |" in report  # Steps.
     assert "| step_grpo | 30.0 ± 14.1 | 60.0 ± 2.8 |" in report  # Accuracy against budget.
-    assert "| step_grpo | 1 | 62.0% | 64.0 | 2.40 | 72% | 52% |" in report  # Per seed.
+    assert "| step_grpo | 1 | 62.0% | 64.0 | 2.40 | 72% | 52% | 0% |" in report  # Per seed.
 
 
 def test_plot_writes_a_png(bench, tmp_path):
@@ -97,6 +100,7 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     assert set(results["runs"]) == {"step_grpo", "grpo_lp"}
     assert set(results["sft"]["budgets"]) == {"16", "32"}
     assert set(results["targets"]) == {"1", "2", "3"}
+    assert "| d=3 |" in out.stdout  # The targets table, whatever the tiny model got right.
     assert (tmp_path / "overthinking.png").exists() and "| grpo_lp | 1 |" in out.stdout
     mtime = os.path.getmtime(tmp_path / "grpo_lp_seed0" / "result.json")
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)

@@ -95,11 +95,12 @@ def markdown(results: dict, command: str) -> str:
              "| difficulty | accuracy | first attempt right | wrong first attempts fixed | "
              "cost of closing thinking after it | steps after a right first attempt |",
              "|---|---|---|---|---|---|"]
-    for d, t in results["targets"].items():
+    for d, t in results["targets"].items():  # None where no first attempt was wrong (right).
         fixed = "-" if t["fixed"] is None else f"{t['fixed']:.0%}"
+        after = "-" if t["steps_after_right"] is None else f"{t['steps_after_right']:.2f}"
         lines.append(f"| d={d} | {base['by_difficulty'][d]['accuracy']:.1%} | "
                      f"{t['first_correct']:.0%} | {fixed} | {100 * t['forcing_cost']:+.1f} pt | "
-                     f"{t['steps_after_right']:.2f} |")
+                     f"{after} |")
     lines += ["", "Mean ± standard deviation over seeds:", "",
               "| arm | seeds | accuracy | Δ accuracy | tokens | tokens vs SFT | steps |",
               "|---|---|---|---|---|---|---|",
