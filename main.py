@@ -5,8 +5,11 @@
       --config.optim.learning_rate=2e-6
 """
 
+import logging as std_logging
+import os
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -20,6 +23,9 @@ COORDINATOR = flags.DEFINE_string("coordinator", None,
                                   "cluster manager (TPU pods and SLURM are detected).")
 NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+LOG_LEVEL = flags.DEFINE_enum("log_level", "warning", ["debug", "info", "warning", "error"],
+                              "Logs of this level and above go to stderr; 'info' brings back the "
+                              "libraries' progress logs (Orbax, TFDS) and the config.")
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -35,12 +41,33 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(f"FATAL: no such config field {e.args[0] if e.args else e}")
 
 
+class _DropCustomDataConfig(std_logging.Filter):
+    """TFDS warns that every prepared set of local files has a "custom data configuration":
+    always true here (the config names the files' fingerprint), so not worth a person's eye."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Using custom data configuration")
+
+
+def quiet_logs(level: str) -> None:
+    """Only `level` and above from every library (absl: ours, Orbax, TFDS; Python logging)."""
+    logging.set_verbosity(level)
+    std_logging.getLogger().setLevel(level.upper())
+    if level not in ("debug", "info"):
+        logging.get_absl_logger().addFilter(_DropCustomDataConfig())
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    quiet_logs(LOG_LEVEL.value)
     parallel.init_distributed(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
     config = CONFIG.value
     logging.info("config:\n%s", config)
+    if jax.process_index() == 0:  # The record of the run, instead of a dump to the terminal.
+        os.makedirs(WORKDIR.value, exist_ok=True)
+        with open(os.path.join(WORKDIR.value, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
     # Imported after jax.distributed has started, before anything touches the devices.
     from stepgrpo_jax import demo, evaluate, sft, trainer
 

@@ -10,7 +10,9 @@ complete, so a crash or a full disk never leaves a half-written step as the late
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import signal
 from typing import Any
 
 import jax
@@ -44,8 +46,12 @@ class Checkpoints:
         self.directory = os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                                enable_async_checkpointing=async_save)
+        # Handlers named up front, so a reopened manager reads the items' metadata too.
+        handlers = {"params": ocp.StandardCheckpointHandler(),
+                    "opt_state": ocp.StandardCheckpointHandler(),
+                    "meta": ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("params", "opt_state", "meta"))
+                                             item_handlers=handlers)
 
     @classmethod
     def from_config(cls, ckpt: ml_collections.ConfigDict, workdir: str) -> Checkpoints:
@@ -157,13 +163,70 @@ def initial_model(config: ml_collections.ConfigDict, mesh: Mesh
     return model.preset(m.preset, **dict(m.overrides), **numerics), None
 
 
-def restore_train_state(ckpt: Checkpoints, state: TrainState) -> tuple[TrainState, int, int]:
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that does not fit the run: another model, or another optimizer state."""
+
+
+# ModelConfig fields that change how the model computes, not what is stored: a run may resume
+# with other values.
+_COMPUTE_ONLY = ("dtype", "remat", "attention_block")
+
+
+def check_compatible(ckpt: Checkpoints, step: int, target: TrainState,
+                     model_cfg: ModelConfig) -> None:
+    """Raises CheckpointMismatchError, naming the step's directory and every difference, when
+    step `step` holds another model config or params / optimizer state of other paths, shapes
+    or dtypes than `target` (an abstract or concrete state): Orbax's own error would be a long
+    traceback suggesting a partial restore."""
+    where = os.path.join(ckpt.directory, str(step))
+    saved = ckpt.read_meta(step).get("model_config", {})
+    ours = json.loads(json.dumps(config_to_json(model_cfg)))  # Tuples as JSON lists.
+    diffs = [f"{k}: checkpoint {saved.get(k, '(none)')}, config {ours.get(k, '(none)')}"
+             for k in sorted(set(saved) | set(ours))
+             if k not in _COMPUTE_ONLY and saved.get(k) != ours.get(k)]
+    if diffs:
+        raise CheckpointMismatchError(
+            f"{where} holds another model than the config's: " + "; ".join(diffs) +
+            ". Resume with the checkpoint's model config, or start a new workdir.")
+    stored = ckpt.manager.item_metadata(step)
+    for name in ("params", "opt_state"):
+        if stored[name] is None:
+            raise CheckpointMismatchError(f"{where} has no {name} to resume from")
+        have, want = _leaves(stored[name]), _leaves(getattr(target, name))
+        diffs = [f"{k}: checkpoint {have.get(k, '(none)')}, run {want.get(k, '(none)')}"
+                 for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)]
+        if diffs:
+            more = f" (and {len(diffs) - 5} more)" if len(diffs) > 5 else ""
+            raise CheckpointMismatchError(
+                f"{where}: the {name} differ from this run's (another optimizer or state "
+                f"structure?): " + "; ".join(diffs[:5]) + more)
+
+
+def _leaves(tree) -> dict[str, str]:
+    """'path/to/leaf' -> 'shape dtype' of every array (or array metadata) of a tree; paths of
+    attributes, keys and indices alike, so a restored tree and Orbax's metadata compare."""
+    def name(key) -> str:
+        for attr in ("key", "idx", "name"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {"/".join(map(name, path)): f"{tuple(x.shape)} {jnp.dtype(x.dtype).name}"
+            for path, x in flat}
+
+
+def restore_train_state(ckpt: Checkpoints, state: TrainState, model_cfg: ModelConfig
+                        ) -> tuple[TrainState, int, int]:
     """(state, first step, this host's data position) from the latest checkpoint of the run,
-    onto the shardings of the fresh `state`; without a checkpoint, `state` at step 0."""
-    if ckpt.latest_step() is None:
+    onto the shardings of the fresh `state`; without a checkpoint, `state` at step 0. A
+    checkpoint of another model or state structure is an error (`check_compatible`)."""
+    step = ckpt.latest_step()
+    if step is None:
         return state, 0, 0
     target = abstract(state)
-    params, opt_state, meta = ckpt.restore(None, target.params, target.opt_state)
+    check_compatible(ckpt, step, target, model_cfg)
+    params, opt_state, meta = ckpt.restore(step, target.params, target.opt_state)
     logging.info("resumed from %s at step %d", ckpt.directory, meta["step"])
     state = TrainState(params, opt_state, jnp.asarray(meta["updates"], jnp.int32))
     return state, meta["step"], meta["data_position"][jax.process_index()]
@@ -180,3 +243,37 @@ def save_train_state(ckpt: Checkpoints, step: int, state: TrainState, model_cfg:
     meta = {"step": step, "updates": int(jax.device_get(state.step)), "seed": seed,
             "model_config": config_to_json(model_cfg), "data_position": positions}
     ckpt.save(step, state.params, meta, state.opt_state, force=True)
+
+
+class Preemption:
+    """Whether a SIGTERM asks the run to save a checkpoint and stop at this step, agreed by
+    every process.
+
+    With several processes, `jax.distributed`'s preemption service catches the signal and
+    Orbax's `reached_preemption(step)` turns True at the same step on every host, whichever
+    host got it: they all save that step (a collective) and stop. A single process has no such
+    service; there a SIGTERM handler sets the flag, which one process agrees with trivially.
+    """
+
+    def __init__(self, ckpt: Checkpoints):
+        self.manager = ckpt.manager
+        self.signalled = False
+        self.previous = None
+        if jax.process_count() == 1:
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        del signum, frame
+        self.signalled = True
+
+    def reached(self, step: int) -> bool:
+        """Call at every step, on every process, with the same increasing `step`."""
+        multi = jax.process_count() > 1
+        stop = self.manager.reached_preemption(step) if multi else self.signalled
+        if stop:
+            logging.warning("preempted: saving step %d and stopping", step)
+        return stop
+
+    def close(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)

@@ -195,6 +195,13 @@ class ProblemFiles(tfds.core.GeneratorBasedBuilder):
         self.warnings: list[str] = []
         super().__init__(config=tfds.core.BuilderConfig(name=self._fingerprint()), **kwargs)
 
+    # Local files: nothing is downloaded, so TFDS's download messages would only mislead.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
     def _fingerprint(self) -> str:
         stats = [(f, os.path.getsize(f), os.path.getmtime(f)) for f in self.files]
         key = json.dumps([stats, dataclasses.asdict(self.fields), self.skip_malformed])

@@ -54,6 +54,11 @@ class MetricsWriter:
                 self.tb.flush()
         return line
 
+    def where(self) -> str:
+        """Where the metrics go, for a person."""
+        tb = f", TensorBoard logs in {self.tb.logdir}" if self.tb is not None else ""
+        return f"metrics in {self.path}{tb}"
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()

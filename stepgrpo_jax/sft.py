@@ -90,7 +90,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # ---- restore, in this order: the workdir's latest checkpoint (a restarted run), else the
     # initial model (config.model_dir), else the random init.
     ckpt = checkpoint.Checkpoints.from_config(config.ckpt, workdir)
-    state, start, position = checkpoint.restore_train_state(ckpt, state)
+    state, start, position = checkpoint.restore_train_state(ckpt, state, model_cfg)
     stream = data.PromptStream(source, config.seed, config.data.shuffle, position)
     writer = MetricsWriter(workdir, config.log.tensorboard)
     writer.truncate_after(start)  # A resumed run rewrites the steps it repeats.
@@ -99,6 +99,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     last: dict[str, Any] = {}
     bar = tqdm(range(start, config.total_steps), initial=start, total=config.total_steps,
                disable=jax.process_index() != 0, desc="sft")
+    preemption = checkpoint.Preemption(ckpt)
     # As in trainer.py: device -> host copies in the loop are explicit (device_get).
     try:
         with jax.transfer_guard_device_to_host("disallow"):
@@ -114,11 +115,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                              data_skipped_rows=len(skipped))
                     last = writer.write(done, m)
                     bar.set_postfix(loss=f"{m['loss']:.4f}")
-                if done % config.ckpt.every_steps == 0 or done == config.total_steps:
+                preempted = preemption.reached(done)
+                if preempted or done % config.ckpt.every_steps == 0 or \
+                        done == config.total_steps:
                     checkpoint.save_train_state(ckpt, done, state, model_cfg, stream.position,
                                                 config.seed)
+                if preempted:
+                    break
     finally:
+        preemption.close()
         ckpt.wait()
         ckpt.close()
         writer.close()
+    if jax.process_index() == 0:
+        print(f"checkpoints in {ckpt.directory}, {writer.where()}")
     return {"state": state, "model_config": model_cfg, "last_metrics": last}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import signal
 import time
 from typing import Any
 
@@ -16,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 from tqdm import tqdm
 
 from stepgrpo_jax import (
@@ -93,22 +91,6 @@ def update_metrics(per_minibatch: list[dict[str, jax.Array]]) -> dict[str, float
 # ----------------------------------------------------------------------------------- the loop
 
 
-class _Preempted:
-    """SIGTERM sets a flag; the loop saves a checkpoint and exits at the next step boundary."""
-
-    def __init__(self):
-        self.flag = False
-        self.previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        logging.warning("SIGTERM: saving a checkpoint and stopping after this step")
-        self.flag = True
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self.previous)
-
-
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs GRPO training to `config.total_steps`, resuming from `workdir`."""
     _check_workdir(workdir)
@@ -167,13 +149,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # initial model of `checkpoint.initial_model` above (config.model_dir: HF weights or a
     # checkpoint of ours), else the random init. The KL reference stays the initial model.
     ckpt = checkpoint.Checkpoints.from_config(config.ckpt, workdir)
-    state, start, position = checkpoint.restore_train_state(ckpt, state)
+    state, start, position = checkpoint.restore_train_state(ckpt, state, model_cfg)
     stream = data.PromptStream(source, config.seed, config.data.shuffle, position)
     writer = MetricsWriter(workdir, config.log.tensorboard)
     writer.truncate_after(start)  # A resumed run rewrites the steps it repeats.
 
     # ---- loop
-    preempted = _Preempted()
+    preemption = checkpoint.Preemption(ckpt)
     grader = grading.Grader(config.reward.grader_workers, config.reward.grader_timeout_s)
     bar = tqdm(range(start, config.total_steps), initial=start, total=config.total_steps,
                disable=jax.process_index() != 0, desc=f"{config.reward.kind}")
@@ -211,18 +193,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 if skipped_in_row >= config.optim.max_skipped:
                     raise FloatingPointError(f"{skipped_in_row} non-finite updates in a row at "
                                              f"step {done}; last metrics: {m}")
-                if preempted.flag or done % config.ckpt.every_steps == 0 or \
+                preempted = preemption.reached(done)
+                if preempted or done % config.ckpt.every_steps == 0 or \
                         done == config.total_steps:
                     checkpoint.save_train_state(ckpt, done, state, model_cfg, stream.position,
                                                 config.seed)
-                if preempted.flag:
+                if preempted:
                     break
     finally:
-        preempted.restore()
+        preemption.close()
         grader.close()
         ckpt.wait()
         ckpt.close()
         writer.close()
+    if jax.process_index() == 0:
+        print(f"checkpoints in {ckpt.directory}, {writer.where()}")
     return {"state": state, "model_config": model_cfg, "last_metrics": last}
 
 

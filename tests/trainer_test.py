@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -112,9 +113,18 @@ def test_sigterm_saves_and_stops(testbed_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_export_of_last_checkpoint_loads_in_transformers(testbed_dir, tmp_path):
+def test_a_quiet_run_then_export_of_its_last_checkpoint(testbed_dir, tmp_path):
     workdir, out = str(tmp_path / "w"), str(tmp_path / "hf")
-    _main(testbed_dir, workdir, "total_steps=2")
+    r = _main(testbed_dir, workdir, "total_steps=2")
+    # The command speaks to a person: progress bars and where things are; no library logs
+    # (absl INFO lines start "I<date>"), no download messages, no config dump.
+    printed = r.stdout + r.stderr
+    assert not re.search(r"^I\d{4} ", printed, re.MULTILINE), printed[-3000:]
+    for noise in ("Downloading and preparing", "custom data configuration", "kl_estimator"):
+        assert noise not in printed, noise
+    assert f"checkpoints in {workdir}/checkpoints, metrics in {workdir}/metrics.jsonl" in r.stdout
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["grpo"]["group_size"] == 2
     lines = _metrics(workdir)
     assert len(lines) == 2 and all(np.isfinite(lines[-1][k]) for k in ("loss", "grad_norm"))
     subprocess.run([sys.executable, "tools/export_hf.py",
@@ -132,18 +142,42 @@ def test_export_of_last_checkpoint_loads_in_transformers(testbed_dir, tmp_path):
         np.testing.assert_allclose(hf(ids).logits.numpy(), ours, atol=1e-4)
 
 
-@pytest.mark.slow
-def test_two_processes_train_like_one(testbed_dir, tmp_path):
-    """The tiny run in two local processes (jax.distributed, one CPU device each)."""
-    workdir = str(tmp_path / "multi")
-    fixtures.run_processes(lambda i, port: [
+def _two_processes(testbed_dir, workdir, *overrides):
+    return fixtures.start_processes(lambda i, port: [
         fixtures.PYTHON, "main.py", f"--config=tests/tiny_run_config.py:testbed={testbed_dir}",
-        f"--workdir={workdir}", "--config.total_steps=2", f"--coordinator=127.0.0.1:{port}",
-        "--num_processes=2", f"--process_id={i}"])
-    lines = _metrics(workdir)
-    assert [m["step"] for m in lines] == [1, 2]
-    assert checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"),
-                                  async_save=False).all_steps() == [2]
+        f"--workdir={workdir}", *[f"--config.{o}" for o in overrides],
+        f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"])
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_resume_after_one_is_preempted(testbed_dir, tmp_path):
+    """The tiny run in two local processes (jax.distributed, one CPU device each). A SIGTERM to
+    one of them only: both save the same step and stop, and resuming gives the straight run
+    bitwise."""
+    straight, preempted = str(tmp_path / "straight"), str(tmp_path / "preempted")
+    overrides = ("total_steps=6", "ckpt.every_steps=100")  # Saves: the last or preempted step.
+    fixtures.finish(_two_processes(testbed_dir, straight, *overrides))
+    assert [m["step"] for m in _metrics(straight)] == [1, 2, 3, 4, 5, 6]
+    ckpt_dir = os.path.join(preempted, "checkpoints")
+
+    procs = _two_processes(testbed_dir, preempted, *overrides)
+    metrics = os.path.join(preempted, "metrics.jsonl")
+    deadline = time.time() + 600
+    while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+        assert all(p.poll() is None for p in procs) and time.time() < deadline
+        time.sleep(0.5)
+    procs[1].send_signal(signal.SIGTERM)
+    logs = fixtures.finish(procs)
+    steps = checkpoint.Checkpoints(ckpt_dir, async_save=False).all_steps()
+    assert len(steps) == 1 and 1 <= steps[0] < 6, (steps, logs[1][-2000:])
+    assert all(f"preempted: saving step {steps[0]}" in log for log in logs)
+
+    fixtures.finish(_two_processes(testbed_dir, preempted, *overrides))
+    a, b = _metrics(straight), _metrics(preempted)
+    assert _without_timings(a) == _without_timings(b)
+    for x, y in zip(jax.tree.leaves(_params(straight)), jax.tree.leaves(_params(preempted)),
+                    strict=True):
+        assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
 
 
 # ------------------------------------------------------------------------------ bad input
@@ -152,6 +186,10 @@ def test_two_processes_train_like_one(testbed_dir, tmp_path):
 def test_missing_model_directory(testbed_dir, tmp_path):
     r = _main(testbed_dir, str(tmp_path / "w"), f"model_dir={tmp_path}/nope", check=False)
     assert r.returncode != 0 and f"{tmp_path}/nope: no such model directory" in r.stderr
+    assert "kl_estimator" not in r.stderr  # The config is not dumped...
+    r = _main(testbed_dir, str(tmp_path / "w"), f"model_dir={tmp_path}/nope", check=False,
+              extra=["--log_level=info"])
+    assert "kl_estimator" in r.stderr  # ...unless the logs are asked for.
 
 
 def test_mistyped_override_says_did_you_mean(testbed_dir, tmp_path):
