@@ -1,7 +1,7 @@
 """Step-GRPO training, supervised warm start, evaluation or the demo, by `config.mode`.
 
   python main.py --config configs/demo.py --workdir /tmp/demo
-  python main.py --config configs/qwen3_8b_step_grpo.py --workdir gs://... \
+  python main.py --config configs/step_grpo.py:size=8b,platform=v5p-64 --workdir gs://... \
       --config.optim.learning_rate=2e-6
 """
 
@@ -65,9 +65,12 @@ def main(argv):
     config = CONFIG.value
     logging.info("config:\n%s", config)
     if jax.process_index() == 0:  # The record of the run, instead of a dump to the terminal.
-        os.makedirs(WORKDIR.value, exist_ok=True)
-        with open(os.path.join(WORKDIR.value, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        try:
+            os.makedirs(WORKDIR.value, exist_ok=True)
+            with open(os.path.join(WORKDIR.value, "config.json"), "w") as f:
+                f.write(config.to_json_best_effort(indent=2))
+        except OSError as e:
+            sys.exit(f"FATAL: workdir {WORKDIR.value} is not writable: {e}")
     # Imported after jax.distributed has started, before anything touches the devices.
     from stepgrpo_jax import demo, evaluate, sft, trainer
 

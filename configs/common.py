@@ -1,41 +1,58 @@
-"""Shared pieces of the experiment configs: argument parsing, the paper's setup, platforms."""
+"""The config argument parser: `configs/x.py:size=8b,runlocal` -> typed, checked fields."""
+
+from collections.abc import Mapping, Sequence
 
 import ml_collections
 
-from configs import default
-
-# Mesh (data, fsdp, tensor) and per-host sampler rows by platform and model size. The KV cache
-# of one 18k-token row is ~2.7 GB for 8B in bf16, which bounds the rows per sampler call.
-PLATFORMS = {
-    "gpu8": {"qwen3-1.7b": ((1, 8, 1), 128), "qwen3-4b": ((1, 8, 1), 96),
-             "qwen3-8b": ((1, 4, 2), 64)},
-    "v5p": {"qwen3-1.7b": ((1, -1, 1), 64), "qwen3-4b": ((1, -1, 1), 48),
-            "qwen3-8b": ((1, -1, 2), 32)},
-}
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 
-def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
-    """`"platform=gpu8,runlocal"` -> ConfigDict(platform="gpu8", runlocal=True)."""
+def parse_arg(arg: str | None, choices: Mapping[str, Sequence[str]] | None = None, *,
+              source: str = "config", **defaults) -> ml_collections.ConfigDict:
+    """`"size=4b,runlocal"` -> ConfigDict(size="4b", runlocal=True, ...), typed like `defaults`.
+
+    Each default fixes its key's type: a bool key may be given bare (`runlocal`) or as
+    `key=true|false`; int, float and str keys need `key=value`. `choices` lists the allowed
+    values of str keys. An unknown key, a missing or badly typed value, or a value outside its
+    choices raises ValueError naming `source` (the config file) and the valid values (as
+    big_vision's `parse_arg`, but strict).
+    """
     out = dict(defaults)
     for item in filter(None, (arg or "").split(",")):
-        key, _, value = item.partition("=")
-        out[key] = value if value else True
+        key, has_value, value = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(f"{source}: argument {key!r} in {arg!r} is unknown; valid "
+                             f"arguments: {_describe(defaults, choices)}")
+        out[key] = _parse_value(key, value.strip() if has_value else None, defaults[key],
+                                f"{source}: argument {key!r} in {arg!r}")
+        allowed = (choices or {}).get(key)
+        if allowed is not None and out[key] not in allowed:
+            raise ValueError(f"{source}: argument {key}={out[key]!r} in {arg!r}; expected one "
+                             f"of {list(allowed)}")
     return ml_collections.ConfigDict(out)
 
 
-def step_grpo_config(size: str, arg: str | None) -> ml_collections.ConfigDict:
-    """The reference run's Step-GRPO setup for a Qwen3 size on a platform."""
-    arg = parse_arg(arg, platform="gpu8")
-    if arg.platform not in PLATFORMS:
-        raise ValueError(f"platform={arg.platform!r}; expected one of {sorted(PLATFORMS)}")
-    c = default.get_config()
-    c.model.preset = size
-    c.data.problem = "prompt.0.content"  # DAPO-Math-17k's parquet layout.
-    c.data.answer = "reward_model.ground_truth"
-    mesh, rows = PLATFORMS[arg.platform][size]
-    c.mesh.shape = mesh
-    c.sampling.batch_size = rows
-    # One row of 18k tokens per device per micro-batch: 640 rows / mini-batch over the devices.
-    c.grpo.num_microbatches = 80 if arg.platform == "gpu8" else 20
-    c.eval.max_new_tokens = 32768
-    return c
+def _parse_value(key: str, value: str | None, default, where: str):
+    kind = type(default)
+    if kind is bool:
+        if value is None or value.lower() in _TRUE:
+            return True
+        if value.lower() in _FALSE:
+            return False
+    elif value:
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    expected = "a bare flag or true/false" if kind is bool else f"a value of type {kind.__name__}"
+    raise ValueError(f"{where}: got {value!r}, expected {expected}")
+
+
+def _describe(defaults: Mapping, choices: Mapping[str, Sequence[str]] | None) -> str:
+    parts = []
+    for key, default in defaults.items():
+        allowed = (choices or {}).get(key)
+        kind = "|".join(allowed) if allowed else type(default).__name__
+        parts.append(f"{key}={kind} (default {default!r})")
+    return ", ".join(parts)

@@ -47,7 +47,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Prompts pad to the smallest bucket that fits (one compile each); longer is an error.
     c.sampling.prompt_buckets = (128, 256, 512, 1024, 2048)
     c.sampling.max_new_tokens = 16384  # Response budget (thinking + answer).
-    c.sampling.batch_size = 64  # Rows per sampler call on each host (bounds the KV cache).
+    # "continuous": a pool of decode rows refilled from the queue as completions finish
+    # (sampling.Engine); "static": calls that each decode until their longest row ends.
+    c.sampling.engine = "continuous"
+    c.sampling.batch_size = 64  # Decode rows on each host (bounds the KV cache).
     c.sampling.temperature = 1.0  # Rollout temperature (0: greedy).
     c.sampling.top_p = 1.0  # Nucleus filter; 1: off.
     c.sampling.top_k = 0  # Top-k filter; 0: off.

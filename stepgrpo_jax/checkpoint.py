@@ -245,6 +245,17 @@ def save_train_state(ckpt: Checkpoints, step: int, state: TrainState, model_cfg:
     ckpt.save(step, state.params, meta, state.opt_state, force=True)
 
 
+def save_if_due(ckpt: Checkpoints, preemption: Preemption, step: int,
+                config: ml_collections.ConfigDict, state: TrainState, model_cfg: ModelConfig,
+                data_position: int) -> bool:
+    """Saves step `step` (completed) every `config.ckpt.every_steps`, at the last step, and when
+    preempted; returns whether the run was preempted (then every process stops)."""
+    preempted = preemption.reached(step)
+    if preempted or step % config.ckpt.every_steps == 0 or step == config.total_steps:
+        save_train_state(ckpt, step, state, model_cfg, data_position, config.seed)
+    return preempted
+
+
 class Preemption:
     """Whether a SIGTERM asks the run to save a checkpoint and stop at this step, agreed by
     every process.

@@ -1,5 +1,6 @@
-"""Problems with reference answers: local JSONL / Parquet files -> TFDS ArrayRecord -> a
-shuffled, host-sharded stream whose position is a single integer (saved in checkpoints).
+"""Problems with reference answers: local JSONL / JSON / Parquet files (read by problem_rows)
+-> TFDS ArrayRecord -> a shuffled, host-sharded stream whose position is a single integer (saved
+in checkpoints).
 
 Field names are dotted paths, so DAPO-Math-17k (`prompt.0.content`, `reward_model.ground_truth`),
 GSM8K (`question`, `answer` with `answer_format="gsm8k"`: the text after `####`) and MATH-500
@@ -10,13 +11,11 @@ keyed by the files' paths, sizes and modification times and by the field mapping
 from __future__ import annotations
 
 import dataclasses
-import decimal
 import hashlib
 import json
 import logging
 import os
-import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -24,8 +23,10 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
+from stepgrpo_jax import problem_rows
+from stepgrpo_jax.problem_rows import DataError
+
 ANSWER_FORMATS = ("plain", "gsm8k")
-_SPACE = re.compile(r"\s*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,10 +50,6 @@ class FieldMap:
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
 
-class DataError(ValueError):
-    """A malformed input row; the message names file and line."""
-
-
 def _field(row: Any, path: str) -> Any:
     for part in path.split("."):
         if isinstance(row, dict) and part in row:
@@ -63,90 +60,6 @@ def _field(row: Any, path: str) -> Any:
         else:
             raise KeyError(path)
     return row
-
-
-def _rows(path: str) -> Iterator[tuple[int, Any]]:
-    """(line or row number from 1, parsed row or the exception that spoiled it).
-
-    JSON numbers are read as `decimal.Decimal`, so an answer keeps the digits the file wrote.
-    """
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        for i, row in enumerate(pq.read_table(path).to_pylist(), 1):
-            yield i, row
-        return
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw.lstrip()[:1] == b"[":
-        yield from _json_array(path, raw)
-        return
-    for i, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            yield i, json.loads(line.decode("utf-8"), parse_float=decimal.Decimal)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            if i == 1:
-                _check_not_one_document(path, raw)
-            yield i, e
-
-
-def _json_array(path: str, raw: bytes) -> Iterator[tuple[int, Any]]:
-    """The elements of a file holding one JSON array, each with the line it starts on."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: bad encoding ({e})") from None
-    decoder = json.JSONDecoder(parse_float=decimal.Decimal)
-    pos, line, counted = text.index("[") + 1, 1, 0
-    while (pos := _SPACE.match(text, pos).end()) < len(text) and text[pos] != "]":
-        line, counted = line + text.count("\n", counted, pos), pos
-        try:
-            row, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: invalid JSON in the array ({e.msg})") from None
-        yield line, row
-        pos = _SPACE.match(text, pos).end()
-        if text.startswith(",", pos):
-            pos += 1
-        elif not text.startswith("]", pos):
-            break
-    if not text.startswith("]", pos):
-        line += text.count("\n", counted, pos)
-        raise DataError(f"{path}:{line}: invalid JSON in the array (',' or ']' expected)")
-
-
-def _check_not_one_document(path: str, raw: bytes) -> None:
-    """A file whose first line is not JSON but which parses whole (a pretty-printed object) has
-    the wrong shape, not a bad first row: say so."""
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return
-    raise DataError(f"{path}: JSON Lines or a JSON array expected, found one "
-                    f"{type(doc).__name__} spanning the file")
-
-
-def _text(name: str, value: Any) -> tuple[str, str | None]:
-    """(the field as text, a warning or None). Numbers keep their exact value and are written
-    without an exponent (1e-05 -> 0.00001): math-verify reads `1e-05` as e - 5."""
-    if isinstance(value, str):
-        return value.strip(), None
-    if isinstance(value, bool) or not isinstance(value, (int, float, decimal.Decimal)):
-        raise ValueError(f"field {name!r} is a {type(value).__name__}, expected text")
-    if isinstance(value, int):
-        return str(value), None
-    number = decimal.Decimal(repr(value)) if isinstance(value, float) else value
-    if not number.is_finite():
-        raise ValueError(f"field {name!r} is {value}, expected a finite number")
-    warning = None
-    # A binary float (Parquet) is exact as the shortest decimal that reads back as it; past
-    # 15 significant digits that decimal may not be what was meant (0.1 stored as float32).
-    if isinstance(value, float) and len(number.as_tuple().digits) > 15:
-        warning = (f"field {name!r} is the float {value!r}, which may not be the exact value "
-                   "meant; store answers as text")
-    return format(number, "f"), warning
 
 
 def parse_row(row: Any, fields: FieldMap) -> tuple[str, str, str, list[str]]:
@@ -165,7 +78,7 @@ def parse_row(row: Any, fields: FieldMap) -> tuple[str, str, str, list[str]]:
         except KeyError:
             raise ValueError(f"missing field {name!r} (the row has: "
                              f"{', '.join(map(str, row))})") from None
-        text, warning = _text(name, value)
+        text, warning = problem_rows.field_text(name, value)
         out.append(text)
         warnings += [warning] if warning else []
     problem, answer, response = (*out, "") if len(out) == 2 else out
@@ -221,7 +134,7 @@ class ProblemFiles(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self):
         for path in self.files:
             kept, skipped = 0, len(self.skipped)
-            for line, row in _rows(path):
+            for line, row in problem_rows.read_rows(path):
                 source = f"{path}:{line}"
                 try:
                     problem, answer, response, warnings = parse_row(row, self.fields)

@@ -20,32 +20,26 @@ from stepgrpo_jax import checkpoint, data, grading, parallel, rewards, sampling,
 from stepgrpo_jax.model import Params
 
 
-def evaluate_problems(sampler: sampling.Sampler, params: Params, tok,
-                      problems: Sequence[data.Problem], num_samples: int, batch_size: int,
+def evaluate_problems(sampler: sampling.Engine | sampling.Sampler, params: Params, tok,
+                      problems: Sequence[data.Problem], num_samples: int,
                       grader: grading.Grader, rng: jax.Array,
                       triggers: Sequence[str] = ("Wait",)) -> dict[str, Any]:
     """Samples k completions per problem (this host's share) and grades them.
 
     Returns means over every sample of every problem on every host, and per-sample records.
     """
+    prompts = [tokenizer.encode_problem(tok, p.problem) for p in problems]
+    out = sampler.rollout(params, prompts, num_samples, rng)
     rows = [(i, p) for i, p in enumerate(problems) for _ in range(num_samples)]
-    records = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        chunk += [chunk[-1]] * (batch_size - len(chunk))  # One compiled batch shape.
-        prompts = [tokenizer.encode_problem(tok, p.problem) for _, p in chunk]
-        out = sampler(params, prompts, jax.random.fold_in(rng, start))
-        n = min(batch_size, len(rows) - start)
-        texts = tok.batch_decode([out.completion(i) for i in range(n)],
-                                 skip_special_tokens=False)
-        boxes = [grading.answer_boxes(t) for t in texts]
-        graded = grader.grade([p.answer for _, p in chunk[:n]], boxes)
-        for j in range(n):
-            records.append({
-                "problem": chunk[j][0], "source": chunk[j][1].source,
-                "correct": bool(graded.correct[j]), "formatted": bool(boxes[j]),
-                "tokens": int(out.lengths[j]), "steps": rewards.count_steps(texts[j], triggers),
-                "exit_reason": out.exit_reason(j), "text": texts[j]})
+    texts = tok.batch_decode([out.completion(j) for j in range(len(rows))],
+                             skip_special_tokens=False)
+    boxes = [grading.answer_boxes(t) for t in texts]
+    graded = grader.grade([p.answer for _, p in rows], boxes)
+    records = [{
+        "problem": i, "source": p.source, "correct": bool(graded.correct[j]),
+        "formatted": bool(boxes[j]), "tokens": int(out.lengths[j]),
+        "steps": rewards.count_steps(texts[j], triggers), "exit_reason": out.exit_reason(j),
+        "text": texts[j]} for j, (i, p) in enumerate(rows)]
     summary = {k: _global_mean([r[k] for r in records]) for k in
                ("correct", "formatted", "tokens", "steps")}
     return {"accuracy": summary["correct"], "format_rate": summary["formatted"],
@@ -99,8 +93,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     model_cfg, params = checkpoint.initial_model(config, mesh)
     tables = sampling.TriggerTables.from_tokenizer(tok, tuple(config.dtr.triggers),
                                                    model_cfg.vocab_size)
-    sampler = sampling.Sampler(
-        model_cfg, sampling.SamplerConfig.from_config(config, tok, evaluation=True), tables, mesh)
+    sampler = sampling.make_sampler(
+        config.sampling.engine, model_cfg,
+        sampling.SamplerConfig.from_config(config, tok, evaluation=True), tables,
+        config.eval.batch_size, mesh)
     results = {}
     with grading.Grader(config.reward.grader_workers, config.reward.grader_timeout_s) as grader:
         for path in files:
@@ -112,9 +108,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 problems = problems[:config.eval.max_problems]
             name = os.path.splitext(os.path.basename(path))[0]
             results[name] = evaluate_problems(
-                sampler, params, tok, host_share(problems), config.eval.num_samples,
-                config.eval.batch_size, grader, jax.random.key(config.seed),
-                tuple(config.dtr.triggers))
+                sampler, params, tok, host_share(problems), config.eval.num_samples, grader,
+                jax.random.key(config.seed), tuple(config.dtr.triggers))
     if config.eval.base_results:
         for name, rate in compression(results, config.eval.base_results).items():
             results[name]["compression"] = rate

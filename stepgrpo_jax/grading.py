@@ -84,7 +84,7 @@ def _closing_brace(text: str, start: int) -> int | None:
 
 _WRAPPERS = r"text|textbf|textit|textrm|textnormal|textup|mathrm|mathbf|mathit|mathsf|mbox|hbox"
 _WRAPPER = re.compile(rf"\\(?:{_WRAPPERS})\s*\{{")
-_NUMBER_WORDS = re.compile(r"^\s*(-?\\?\$?\s*[\d.,{}]*\d[\d.,{}]*)\s+([A-Za-z][A-Za-z\s.]*)$")
+_NUMBER_WORDS = re.compile(r"^\s*(-?\\?\$?\s*[\d.,{}/]*\d[\d.,{}/]*)\s+([A-Za-z][A-Za-z\s.]*)$")
 _SIUNITX = re.compile(r"\\(?:num|SI|si|qty)\s*\{([^{}]*)\}(?:\s*\{([^{}]*)\})?")
 # 1\,000 / 1\ 000 / 1~000: digit groups split by a thin or hard space (math-verify reads 1*0).
 _SPACED_THOUSANDS = re.compile(r"(?<![\d.])\d{1,3}(?:(?:\\[,;: ]|~)\d{3})+(?![\d])")

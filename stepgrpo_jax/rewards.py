@@ -147,10 +147,11 @@ class RewardConfig:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> RewardConfig:
-        """The fields of `config.reward` named like this class's; the overlong limit is the
-        response budget `config.sampling.max_new_tokens`."""
-        reward = config["reward"]
-        return cls(**{f.name: reward[f.name] for f in dataclasses.fields(cls) if f.name in reward},
+        """From `config.reward`; the overlong limit is the response budget
+        `config.sampling.max_new_tokens`."""
+        r = config["reward"]
+        return cls(kind=r["kind"], alpha=r["alpha"], beta=r["beta"], overlong=r["overlong"],
+                   overlong_cache_len=r["overlong_cache_len"],
                    overlong_max_len=config["sampling"]["max_new_tokens"])
 
 

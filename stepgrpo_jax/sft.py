@@ -100,9 +100,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     bar = tqdm(range(start, config.total_steps), initial=start, total=config.total_steps,
                disable=jax.process_index() != 0, desc="sft")
     preemption = checkpoint.Preemption(ckpt)
-    # As in trainer.py: device -> host copies in the loop are explicit (device_get).
+    # As in trainer.py: host <-> device copies in the loop are explicit.
     try:
-        with jax.transfer_guard_device_to_host("disallow"):
+        with jax.transfer_guard_host_to_device("disallow"), \
+                jax.transfer_guard_device_to_host("disallow"):
             for step in bar:
                 t0 = time.perf_counter()
                 local = encode_rows(tok, stream.take(rows_per_host), config.sft.max_seq_len)
@@ -115,13 +116,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                              data_skipped_rows=len(skipped))
                     last = writer.write(done, m)
                     bar.set_postfix(loss=f"{m['loss']:.4f}")
-                preempted = preemption.reached(done)
-                if preempted or done % config.ckpt.every_steps == 0 or \
-                        done == config.total_steps:
-                    checkpoint.save_train_state(ckpt, done, state, model_cfg, stream.position,
-                                                config.seed)
-                if preempted:
-                    break
+                if checkpoint.save_if_due(ckpt, preemption, done, config, state, model_cfg,
+                                          stream.position):
+                    break  # Preempted: saved, and every process stops here.
     finally:
         preemption.close()
         ckpt.wait()

@@ -165,7 +165,8 @@ def make_train_step(grad_fn: GradFn, model_cfg: ModelConfig,
     """`(state, batch) -> (state, metrics)`: `grad_fn`'s gradient, then `apply_update`.
 
     Jitted over `mesh` with the state's shardings; the state is donated and the metrics are
-    replicated device scalars (`grad_fn`'s, then those of `apply_update`).
+    replicated device scalars (`grad_fn`'s, then those of `apply_update`). Call it, or
+    `.lower()` it on abstract inputs for ahead-of-time compilation (tools/aot_compile.py).
     """
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         grads, metrics = grad_fn(state.params, batch)
@@ -173,15 +174,19 @@ def make_train_step(grad_fn: GradFn, model_cfg: ModelConfig,
         return state, {**metrics, **update_metrics}
 
     shardings = state_shardings(model_cfg, optimizer, mesh)
-    jitted = jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)),
-                     out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())),
-                     donate_argnums=0)
+    return jax.jit(_on_mesh(step, mesh), in_shardings=(shardings, batch_sharding(mesh)),
+                   out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())),
+                   donate_argnums=0)
 
-    def run(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        with jax.set_mesh(mesh):  # Activation constraints inside the model read this mesh.
-            return jitted(state, batch)
 
-    return run
+def _on_mesh(fn: Callable, mesh: Mesh) -> Callable:
+    """`fn` traced with `mesh` as the context that the model's activation constraints read,
+    so that its jit runs and lowers without the caller entering `jax.set_mesh`."""
+    @functools.wraps(fn)
+    def traced(*args):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args)
+    return traced
 
 
 def make_compute_logprobs(model_cfg: ModelConfig, mesh: Mesh, *, num_microbatches: int = 1,
@@ -190,6 +195,7 @@ def make_compute_logprobs(model_cfg: ModelConfig, mesh: Mesh, *, num_microbatche
     `num_microbatches` strided parts (see `split_rows`).
 
     For GRPO's old log-probs (current params) and reference ones (frozen initial params).
+    Callable and lowerable like `make_train_step`'s.
     """
     def logprobs(params, batch):
         def one(mb):
@@ -205,10 +211,5 @@ def make_compute_logprobs(model_cfg: ModelConfig, mesh: Mesh, *, num_microbatche
     rows = batch_sharding(mesh)
     param_shardings = parallel.tree_shardings(mesh, model.param_axes(model_cfg),
                                               model.abstract_params(model_cfg))
-    jitted = jax.jit(logprobs, in_shardings=(param_shardings, rows), out_shardings=rows)
-
-    def run(params: Params, batch: Batch) -> jax.Array:
-        with jax.set_mesh(mesh):
-            return jitted(params, batch)
-
-    return run
+    return jax.jit(_on_mesh(logprobs, mesh), in_shardings=(param_shardings, rows),
+                   out_shardings=rows)

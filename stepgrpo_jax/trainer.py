@@ -103,6 +103,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     rows_per_step = config.grpo.prompts_per_step * G
     parallel.check_batch_divides(rows_per_step // config.grpo.num_minibatches, mesh,
                                  "grpo.prompts_per_step x group_size / num_minibatches")
+    parallel.check_batch_divides(config.sampling.batch_size * jax.process_count(), mesh,
+                                 "sampling.batch_size (decode rows per host)")
 
     # ---- data
     # A prompt longer than the largest bucket is a malformed row, found now, not at a rollout.
@@ -137,13 +139,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         num_microbatches=config.grpo.num_minibatches * config.grpo.num_microbatches)
     triggers = tuple(config.dtr.triggers)
     tables = sampling.TriggerTables.from_tokenizer(tok, triggers, model_cfg.vocab_size)
-    sampler = sampling.Sampler(model_cfg, sampling.SamplerConfig.from_config(config, tok),
-                               tables, mesh)
+    sampler = sampling.make_sampler(config.sampling.engine, model_cfg,
+                            sampling.SamplerConfig.from_config(config, tok), tables,
+                            config.sampling.batch_size, mesh)
     eval_sampler = None
     if eval_problems:
-        eval_sampler = sampling.Sampler(
-            model_cfg, sampling.SamplerConfig.from_config(config, tok, evaluation=True), tables,
-            mesh)
+        eval_sampler = sampling.make_sampler(
+            config.sampling.engine, model_cfg,
+            sampling.SamplerConfig.from_config(config, tok, evaluation=True), tables,
+            config.eval.batch_size, mesh)
 
     # ---- restore, in this order: the workdir's latest checkpoint (a restarted run), else the
     # initial model of `checkpoint.initial_model` above (config.model_dir: HF weights or a
@@ -160,17 +164,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     bar = tqdm(range(start, config.total_steps), initial=start, total=config.total_steps,
                disable=jax.process_index() != 0, desc=f"{config.reward.kind}")
     skipped_in_row, last = 0, {}
-    # In the loop, every device -> host copy is explicit (device_get): an implicit one (np.asarray,
-    # float() of a device value) would stall the step unseen, so it is an error instead. Host ->
-    # device stays allowed for the small Python values of RNG folding.
+    rollout_rng, eval_rng = jax.random.fold_in(rng, 1), jax.random.fold_in(rng, 2)
+    # In the loop every host <-> device copy is explicit (device_put, device_get, global arrays
+    # built from host rows): an implicit one, such as np.asarray or float() of a device value,
+    # would stall the step unseen, so it is an error instead.
     try:
-        with jax.transfer_guard_device_to_host("disallow"):
+        with jax.transfer_guard_host_to_device("disallow"), \
+                jax.transfer_guard_device_to_host("disallow"):
             for step in bar:
                 done = step + 1
                 t0 = time.perf_counter()
                 problems = stream.take(prompts_per_host)
                 batch, m = rollout(config, sampler, tok, state.params, problems, grader,
-                                   jax.random.fold_in(jax.random.fold_in(rng, 1), step))
+                                   jax.random.fold_in(rollout_rng, jax.device_put(step)))
                 t1 = time.perf_counter()
                 state, per_minibatch = grpo.train_on_rollout(
                     update, logprobs, state, parallel.host_to_global(batch, mesh),
@@ -183,7 +189,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 if eval_sampler and ((every and done % every == 0) or done == config.total_steps):
                     result = evaluate.evaluate_problems(
                         eval_sampler, state.params, tok, eval_problems, config.eval.num_samples,
-                        config.eval.batch_size, grader, jax.random.fold_in(rng, 2), triggers)
+                        grader, eval_rng, triggers)
                     m.update({f"eval_{k}": v for k, v in result.items() if k != "records"})
                 if step % config.log.every_steps == 0 or done == config.total_steps:
                     last = writer.write(done, m)
@@ -193,13 +199,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 if skipped_in_row >= config.optim.max_skipped:
                     raise FloatingPointError(f"{skipped_in_row} non-finite updates in a row at "
                                              f"step {done}; last metrics: {m}")
-                preempted = preemption.reached(done)
-                if preempted or done % config.ckpt.every_steps == 0 or \
-                        done == config.total_steps:
-                    checkpoint.save_train_state(ckpt, done, state, model_cfg, stream.position,
-                                                config.seed)
-                if preempted:
-                    break
+                if checkpoint.save_if_due(ckpt, preemption, done, config, state, model_cfg,
+                                          stream.position):
+                    break  # Preempted: saved, and every process stops here.
     finally:
         preemption.close()
         grader.close()
@@ -211,15 +213,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return {"state": state, "model_config": model_cfg, "last_metrics": last}
 
 
-def rollout(config: ml_collections.ConfigDict, sampler: sampling.Sampler, tok, params,
-            problems: list[data.Problem], grader: grading.Grader, rng: jax.Array
+def rollout(config: ml_collections.ConfigDict, sampler: sampling.Engine | sampling.Sampler,
+            tok, params, problems: list[data.Problem], grader: grading.Grader, rng: jax.Array
             ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Samples G completions per problem, scores them and lays out this host's batch rows."""
     G, scfg = config.grpo.group_size, sampler.scfg
-    prompt_ids = [ids for p in problems for ids in [tokenizer.encode_problem(tok, p.problem)] * G]
-    chunk = config.sampling.batch_size
-    out = sampling.concat([sampler(params, prompt_ids[i:i + chunk], jax.random.fold_in(rng, i))
-                           for i in range(0, len(prompt_ids), chunk)])
+    prompts = [tokenizer.encode_problem(tok, p.problem) for p in problems]
+    prompt_ids = [ids for ids in prompts for _ in range(G)]
+    out = sampler.rollout(params, prompts, G, rng)
     completions = [out.tokens[i, :n] for i, n in enumerate(out.lengths)]
     texts = tok.batch_decode(completions, skip_special_tokens=False)
     reward_cfg = rewards.RewardConfig.from_config(config)
@@ -232,12 +233,16 @@ def rollout(config: ml_collections.ConfigDict, sampler: sampling.Sampler, tok, p
     prompt_len = scfg.bucket(parallel.process_max(max(map(len, prompt_ids))))
     # Responses pad to the step's longest, bucketed: no columns that are all padding.
     response_len = padded_length(parallel.process_max(int(out.lengths.max())),
-                                            config.grpo.response_bucket, scfg.max_new_tokens)
+                                 config.grpo.response_bucket, scfg.max_new_tokens)
     batch = build_batch(prompt_ids, completions, train_mask, adv, prompt_len, response_len,
                         tok.pad_token_id)
     m = parallel.process_mean(rollout_metrics(out, info, scores, G), len(completions))
-    m.update(generated_tokens=parallel.process_sum(np.sum(out.lengths)),
-             grader_timeouts=parallel.process_sum(info["grader_timeouts"]))
+    generated = parallel.process_sum(np.sum(out.lengths))
+    m.update(generated_tokens=generated,
+             grader_timeouts=parallel.process_sum(info["grader_timeouts"]),
+             rollout_occupancy=generated / max(parallel.process_sum(out.row_steps), 1),
+             rollout_decode_steps=out.num_steps,
+             prefill_tokens=parallel.process_sum(out.prefill_tokens))
     return batch, m
 
 

@@ -131,6 +131,8 @@ def test_json_lines_in_a_json_file_loads(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ('{\n "data": [{"problem": "p", "answer": "1"}]\n}\n',
      "o.json: JSON Lines or a JSON array expected, found one dict"),
+    ('\n\n{\n "problem": "p",\n "answer": "1"\n}\n',
+     "o.json: JSON Lines or a JSON array expected, found one dict"),
     ("5\n", r"o.json:1: a JSON object expected \(JSON Lines or a JSON array"),
     ('[{"problem": "p", "answer": "1"}, 5]', r"o.json:1: a JSON object expected"),
     ('[{"problem": "p", "answer": "1"},\n {"problem": ]', r"o.json:2: invalid JSON in the array"),
@@ -234,3 +236,21 @@ def test_empty_file_is_an_error(tmp_path):
     (tmp_path / "e.jsonl").write_text("\n\n")
     with pytest.raises(data.DataError, match="e.jsonl: no usable rows"):
         _load(tmp_path, [str(tmp_path / "e.jsonl")])
+
+
+def test_prompt_lengths_of_the_real_tokenizer(tmp_path, qwen3_tokenizer_dir):
+    from configs import default
+    from stepgrpo_jax import tokenizer
+
+    tok = tokenizer.load(qwen3_tokenizer_dir)
+    problems = ["What is 1+1?", " ".join(["x"] * 3000)]
+    lengths = tokenizer.problem_prompt_lengths(tok, problems)
+    assert lengths == [len(tokenizer.encode_problem(tok, p)) for p in problems]
+    path = _jsonl(tmp_path / "t.jsonl", [{"problem": p, "answer": "2"} for p in problems])
+    config = default.get_config()
+    config.data.cache_dir = str(tmp_path / "tfds")
+    with pytest.raises(data.DataError, match=rf"t.jsonl:2: prompt of {lengths[1]} tokens is "
+                       r"longer than the largest prompt bucket \(2048\)"):
+        data.load_from_config(config.data, path,
+                              lambda ps: tokenizer.problem_prompt_lengths(tok, ps),
+                              max(config.sampling.prompt_buckets))

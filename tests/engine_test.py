@@ -37,7 +37,8 @@ def test_engine_equals_static_sampler(dtr, sampled, mesh_shape):
                                                                 params))
     want = sampling.Sampler(TINY, scfg, DTR_TABLES)(
         DTR_PARAMS, [p for p in prompts for _ in range(G)], rng)
-    got = sampling.Engine(TINY, scfg, DTR_TABLES, num_rows=4, mesh=mesh)(params, prompts, G, rng)
+    engine = sampling.Engine(TINY, scfg, DTR_TABLES, num_rows=4, mesh=mesh)
+    got = engine.rollout(params, prompts, G, rng)
     assert_same_completions(got, want)
     assert len(set(want.lengths.tolist())) > 3  # Rows finish at different times.
     reasons = [want.exit_reason(i) for i in range(30)]
@@ -53,11 +54,15 @@ def test_engine_equals_static_sampler(dtr, sampled, mesh_shape):
 
 
 def test_completions_do_not_depend_on_the_pool():
-    """Pool sizes 1, 3 and 8 (more rows than requests) give the same completions."""
+    """Pool sizes 1, 3 and 8 (more rows than requests) give the same completions, and so do
+    static calls of 4 rows (the last one padded)."""
     scfg = dataclasses.replace(DTR_CFG, **SAMPLED)
     prompts, rng = random_prompts(3, 3), jax.random.key(1)
-    outs = [sampling.Engine(TINY, scfg, DTR_TABLES, num_rows=b)(DTR_PARAMS, prompts, 2, rng)
+    outs = [sampling.Engine(TINY, scfg, DTR_TABLES, num_rows=b).rollout(DTR_PARAMS, prompts, 2,
+                                                                         rng)
             for b in (1, 3, 8)]
+    static = sampling.Sampler(TINY, scfg, DTR_TABLES, rows=4)
+    outs.append(static.rollout(DTR_PARAMS, prompts, 2, rng))
     for out in outs[1:]:
         assert_same_completions(out, outs[0])
 
@@ -69,14 +74,14 @@ def test_nothing_recompiles_after_warm_up(monkeypatch):
                             chex.assert_max_traces(getattr(engine_lib, name), n=1))
     engine = sampling.Engine(TINY, DTR_CFG, DTR_TABLES, num_rows=4)
     for seed in (0, 1):
-        engine(DTR_PARAMS, random_prompts(seed, 6), 2, jax.random.key(seed))
+        engine.rollout(DTR_PARAMS, random_prompts(seed, 6), 2, jax.random.key(seed))
 
 
 def test_bad_requests():
     engine = sampling.Engine(TINY, DTR_CFG, DTR_TABLES, num_rows=2)
     with pytest.raises(ValueError, match="at least one token"):
-        engine(DTR_PARAMS, [[3], []], 2, jax.random.key(0))
+        engine.rollout(DTR_PARAMS, [[3], []], 2, jax.random.key(0))
     with pytest.raises(ValueError, match="largest bucket 16"):
-        engine(DTR_PARAMS, [list(range(3, 30))], 2, jax.random.key(0))
+        engine.rollout(DTR_PARAMS, [list(range(3, 30))], 2, jax.random.key(0))
     with pytest.raises(ValueError, match="num_rows=0"):
         sampling.Engine(TINY, DTR_CFG, DTR_TABLES, num_rows=0)

@@ -10,14 +10,15 @@ from stepgrpo_jax import data, evaluate, grading, sampling, tokenizer
 
 
 class ScriptedSampler:
-    """Returns fixed completion texts in order, like `sampling.Sampler` would."""
+    """Returns fixed completion texts in order, like `sampling.Engine.rollout` would."""
 
     def __init__(self, tok, texts):
         self.tok, self.texts, self.calls = tok, list(texts), 0
 
-    def __call__(self, params, prompts, rng):
+    def rollout(self, params, prompts, group_size, rng):
         del params, rng
-        batch = [self.texts.pop(0) if self.texts else "" for _ in prompts]
+        n = len(prompts) * group_size
+        batch = [self.texts.pop(0) if self.texts else "" for _ in range(n)]
         ids = [self.tok.encode(t, add_special_tokens=False) for t in batch]
         width = max(map(len, ids))
         tokens = np.zeros((len(ids), width), np.int32)
@@ -48,13 +49,13 @@ def test_accuracy_tokens_and_steps_by_hand(qwen3_tokenizer_dir, grader):
     sampler = ScriptedSampler(tok, texts)
     lengths = [len(tok.encode(t, add_special_tokens=False)) for t in texts]
     result = evaluate.evaluate_problems(sampler, None, tok, problems, num_samples=2,
-                                        batch_size=3, grader=grader, rng=jax.random.key(0))
+                                        grader=grader, rng=jax.random.key(0))
     assert result["accuracy"] == pytest.approx(3 / 4)  # pass@1 averaged over k=2.
     assert result["format_rate"] == pytest.approx(3 / 4)
     assert result["response_tokens_mean"] == pytest.approx(np.mean(lengths))
     assert result["steps_mean"] == pytest.approx((1 + 2 + 1 + 3) / 4)
     assert [r["correct"] for r in result["records"]] == [True, True, True, False]
-    assert sampler.calls == 2  # Batches of 3: the last one padded, padding not counted.
+    assert sampler.calls == 1
 
 
 def test_unclosed_thinking_has_no_answer(qwen3_tokenizer_dir, grader):
@@ -62,8 +63,7 @@ def test_unclosed_thinking_has_no_answer(qwen3_tokenizer_dir, grader):
     problems = [data.Problem("1+1?", "2", "f:1")]
     texts = ["<think>\n\\boxed{2}", "<think>\nok</think>\n\n\\boxed{2}"]  # cut, closed
     result = evaluate.evaluate_problems(ScriptedSampler(tok, texts), None, tok, problems,
-                                        num_samples=2, batch_size=2, grader=grader,
-                                        rng=jax.random.key(0))
+                                        num_samples=2, grader=grader, rng=jax.random.key(0))
     assert [(r["correct"], r["formatted"]) for r in result["records"]] == [(False, False),
                                                                           (True, True)]
 

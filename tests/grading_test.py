@@ -132,6 +132,15 @@ WRAPPED = [
     ("12", r"12\, \text{cm}", True),
     ("5", "5 apples", True),
     ("5", r"\text{6 apples}", False),
+    ("B", r"\text{B}", True),
+    ("B", r"\mathbf{(B)}", True),
+    ("B", r"\textbf{(B) }\ 5", True),
+    ("5", r"5\ \text{apples}", True),
+    ("5", r"5 \mbox{ dollars}", True),
+    ("-3", r"\text{-3 degrees}", True),
+    ("1000", r"\text{1,000 people}", True),
+    (r"\frac{1}{2}", r"\text{1/2 cup}", True),
+    ("5", r"\text{five}", False),  # number words are not read
     (r"\text{yes}", r"\text{Yes}", True),
     (r"\text{yes}", r"\text{no}", False),
 ]
@@ -170,6 +179,9 @@ SEVERAL_BOXES = [  # (gold, completion, correct)
     ("3", r"\boxed{2} no, \boxed{3}", True),  # the last box alone
     ("2", r"\boxed{2} no, \boxed{3}", False),
     ("5", r"\boxed{5} \boxed{ }", True),
+    ("5", r"\boxed{5} or maybe \boxed{6}", False),  # hedging over boxes earns nothing
+    (r"\{2, 3\}", r"\boxed{2}, \boxed{3}", True),
+    ("(1, 2), (3, 4)", r"\boxed{(1, 2)} and \boxed{(3, 4)}", True),
     ("5", r"<think>\boxed{5}", False),
 ]
 

@@ -189,11 +189,17 @@ def _distributed_rows(process_id: int, out: str) -> None:
     rows = random_prompts(5, 8)[process_id * 4:(process_id + 1) * 4]
     got = sampling.Sampler(TINY, PLAIN, TABLES, mesh)(params, rows, jax.random.key(0))
     np.savez(out, **{k: v for k, v in vars(got).items() if k != "num_steps"})
+    # The engine: 2 prompts x 2 samples per process, 4 rows over both processes' devices.
+    prompts = random_prompts(6, 4)[process_id * 2:(process_id + 1) * 2]
+    engine = sampling.Engine(TINY, DTR_CFG, DTR_TABLES, num_rows=4, mesh=mesh)
+    got = engine.rollout(params, prompts, 2, jax.random.key(1))
+    np.savez(out.replace(".npz", "_engine.npz"), **vars(got))
 
 
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
-    """Each process passes its own rows and gets them back (jax.distributed on CPU)."""
+    """Each process passes its own rows and gets them back (jax.distributed on CPU), from the
+    static sampler and from the engine (whose queue holds both processes' requests)."""
     fixtures.run_processes(lambda i, port: [
         fixtures.PYTHON, "-c",
         f"import jax, sys; jax.distributed.initialize('127.0.0.1:{port}', 2, {i}); "
@@ -202,7 +208,10 @@ def test_two_processes_match_one(tmp_path):
         devices=4, timeout=240)  # A hung collective fails instead of stalling.
     want = sampling.Sampler(TINY, PLAIN, TABLES)(model.init_params(TINY, jax.random.key(0)),
                                                  random_prompts(5, 8), jax.random.key(0))
+    engine_want = sampling.Sampler(TINY, DTR_CFG, DTR_TABLES).rollout(
+        model.init_params(TINY, jax.random.key(0)), random_prompts(6, 4), 2, jax.random.key(1))
     for i in range(2):
-        got = np.load(tmp_path / f"{i}.npz")
-        for field in ("tokens", "lengths", "step_counts", "exit_reasons"):
-            np.testing.assert_array_equal(got[field], getattr(want, field)[i * 4:(i + 1) * 4])
+        for got, ref in ((np.load(tmp_path / f"{i}.npz"), want),
+                         (np.load(tmp_path / f"{i}_engine.npz"), engine_want)):
+            for field in ("tokens", "lengths", "step_counts", "exit_reasons"):
+                np.testing.assert_array_equal(got[field], getattr(ref, field)[i * 4:(i + 1) * 4])

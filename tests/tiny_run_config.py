@@ -9,7 +9,7 @@ from configs import common, demo
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = common.parse_arg(arg, testbed="", mesh="1x-1x1")
+    arg = common.parse_arg(arg, source="tests/tiny_run_config.py", testbed="", mesh="1x-1x1")
     c = demo.get_config()
     c.mode = "grpo"
     c.seed = 3

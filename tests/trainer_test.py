@@ -22,7 +22,7 @@ REQUIRED_METRICS = (
     "probes_mean", "exit_frac_natural", "exit_frac_early_exit", "exit_frac_budget",
     "exit_frac_eos", "exit_frac_length", "kl", "clip_frac", "entropy", "loss", "grad_norm", "lr",
     "frac_reward_zero_std", "rollout_seconds", "update_seconds", "tokens_per_second",
-    "grader_timeouts")
+    "grader_timeouts", "rollout_occupancy", "rollout_decode_steps", "prefill_tokens")
 TIMINGS = ("rollout_seconds", "update_seconds", "tokens_per_second")
 
 
@@ -257,6 +257,33 @@ def test_periodic_evaluation_is_logged(testbed_dir, tmp_path):
     for m in lines:
         assert 0 <= m["eval_accuracy"] <= 1 and m["eval_num_problems"] == 8
         assert m["eval_response_tokens_mean"] > 0
+
+
+@pytest.mark.slow
+def test_engine_and_static_sampler_train_alike(testbed_dir, tmp_path):
+    """The same step with either rollout: equal completions, so equal rewards, losses and
+    updates. The engine has 4 rows for 8 requests (each row is refilled) and prefills each
+    group's prompt once."""
+    import tiny_run_config
+
+    from stepgrpo_jax import trainer
+
+    lines = {}
+    for engine in ("static", "continuous"):
+        c = tiny_run_config.get_config(f"testbed={testbed_dir}")
+        c.total_steps, c.sampling.engine, c.sampling.batch_size = 1, engine, 4
+        c.mesh.shape = (1, 4, 2)  # 4 rows over 4 batch shards.
+        workdir = str(tmp_path / engine)
+        trainer.train(c, workdir)
+        lines[engine] = _metrics(workdir)[0]
+    rollout = ("rollout_occupancy", "rollout_decode_steps", "prefill_tokens")
+    static, continuous = ({k: v for k, v in m.items() if k not in TIMINGS + rollout}
+                          for m in (lines["static"], lines["continuous"]))
+    assert continuous == pytest.approx(static, rel=1e-5)
+    # A random model runs about every row to the budget: nothing for the engine to gain.
+    assert lines["continuous"]["rollout_occupancy"] >= lines["static"]["rollout_occupancy"]
+    assert lines["continuous"]["prefill_tokens"] * 2 == lines["static"]["prefill_tokens"]
+    assert 0 < lines["continuous"]["rollout_occupancy"] <= 1
 
 
 def test_update_batches_pad_responses_to_a_bucket():

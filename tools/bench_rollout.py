@@ -137,14 +137,10 @@ def main(argv=None) -> dict:
     cfg, params, scfg, tables, prompts = load(args)
     G, rows, key = args.group_size, args.rows, jax.random.key(args.seed)
     requests = [p for p in prompts for _ in range(G)]
-    static = sampling.Sampler(cfg, scfg, tables)
+    static = sampling.Sampler(cfg, scfg, tables, rows=rows)
     engine = sampling.Engine(cfg, scfg, tables, num_rows=rows)
-    runners = {
-        "static": lambda: sampling.concat([
-            static(params, requests[i:i + rows], key, request_ids=range(i, i + len(chunk)))
-            for i in range(0, len(requests), rows) for chunk in [requests[i:i + rows]]]),
-        "continuous": lambda: engine(params, prompts, G, key),
-    }
+    runners = {"static": lambda: static.rollout(params, prompts, G, key),
+               "continuous": lambda: engine.rollout(params, prompts, G, key)}
     outputs = {name: run() for name, run in runners.items()}  # Compiles.
     seconds = {name: [] for name in runners}
     for _ in range(args.repeats):

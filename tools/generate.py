@@ -103,7 +103,7 @@ def main(argv=None) -> dict:
     rng = jax.random.key(args.seed)
     if args.engine == "continuous":
         engine = sampling.Engine(cfg, scfg, tables, num_rows=args.rows)
-        out = engine(params, [ids], args.num_samples, rng)
+        out = engine.rollout(params, [ids], args.num_samples, rng)
     else:
         out = sampling.Sampler(cfg, scfg, tables)(params, [ids] * args.num_samples, rng)
     completions = []

@@ -53,12 +53,14 @@ class SampleOutput:
         return float(self.lengths.sum()) / max(self.row_steps, 1)
 
 
+_COUNTERS = ("num_steps", "row_steps", "prefill_tokens")
+PER_ROW = tuple(f.name for f in dataclasses.fields(SampleOutput) if f.name not in _COUNTERS)
+
+
 def concat(outputs: Sequence[SampleOutput]) -> SampleOutput:
     """The rows of several sampler calls as one output (their counters add up)."""
-    counters = ("num_steps", "row_steps", "prefill_tokens")
-    fields = [f.name for f in dataclasses.fields(SampleOutput) if f.name not in counters]
-    return SampleOutput(**{f: np.concatenate([getattr(o, f) for o in outputs]) for f in fields},
-                        **{c: sum(getattr(o, c) for o in outputs) for c in counters})
+    return SampleOutput(**{f: np.concatenate([getattr(o, f) for o in outputs]) for f in PER_ROW},
+                        **{c: sum(getattr(o, c) for o in outputs) for c in _COUNTERS})
 
 
 def num_slots(scfg: SamplerConfig, prompt_len: int) -> int:

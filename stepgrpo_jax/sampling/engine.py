@@ -40,6 +40,7 @@ from stepgrpo_jax.model import ModelConfig, Params
 from stepgrpo_jax.sampling import decode, dtr, filters
 from stepgrpo_jax.sampling.config import SamplerConfig
 from stepgrpo_jax.sampling.decode import SampleOutput
+from stepgrpo_jax.sampling.sampler import Sampler
 from stepgrpo_jax.sampling.steps import TriggerTables
 
 
@@ -71,6 +72,7 @@ class Engine:
     With a mesh, rows are split over ("data", "fsdp") like the static sampler's batch, so
     `num_rows` must divide over those axes. With several processes, every process passes its own
     prompts and gets back its own completions; all of them schedule the global queue alike.
+    Results wait on the devices, replicated ([N, R] per field for N requests), until the end.
     """
 
     def __init__(self, cfg: ModelConfig, scfg: SamplerConfig, tables: TriggerTables,
@@ -84,8 +86,8 @@ class Engine:
         self._insert = jax.jit(functools.partial(_insert, scfg), donate_argnums=(1, 2))
         self._start = jax.jit(functools.partial(_start, cfg, scfg), static_argnums=(1, 2, 3, 4))
 
-    def __call__(self, params: Params, prompts: Sequence[Sequence[int]], group_size: int,
-                 rng: jax.Array) -> SampleOutput:
+    def rollout(self, params: Params, prompts: Sequence[Sequence[int]], group_size: int,
+                rng: jax.Array) -> SampleOutput:
         """Completions of each of this process's prompts, `group_size` each, group-major: row
         g * group_size + s is sample s of prompt g. Its request id is its index in the global
         queue (every process's rows in process order), as the static sampler's row index."""
@@ -106,31 +108,30 @@ class Engine:
         P = math.ceil(B / G) + 1
         with jax.set_mesh(self.mesh) if self.mesh else contextlib.nullcontext():
             pool, buffer, out = self._start(self.tables, B, T, N, P)
-            row_request = np.full(B, -1)  # The host's copy of pool.request.
-            done = np.ones(B, bool)
-            next_request, prefilled = 0, 0
+            done, next_request, prefilled = np.ones(B, bool), 0, 0
             while True:
-                free = np.flatnonzero(done)[:N - next_request]
+                # Free rows take the next requests, in queue order.
+                rows = np.flatnonzero(done)[:N - next_request]
                 fill = np.zeros(B, bool)
-                fill[free] = True
-                new_request = np.zeros(B, np.int32)
-                new_request[free] = np.arange(next_request, next_request + len(free))
-                groups = new_request // G
-                for g in range(prefilled, int(groups[free].max(initial=-1)) + 1):
+                fill[rows] = True
+                request = np.zeros(B, np.int32)
+                request[rows] = np.arange(next_request, next_request + len(rows))
+                next_request += len(rows)
+                group = request // G
+                # The groups that start now are prefilled once, before their first request.
+                for g in range(prefilled, int(group[rows].max(initial=-1)) + 1):
                     buffer = self._prefill(params, buffer, ids[g:g + 1], lengths[g:g + 1],
                                            np.int32(g % P))
-                    prefilled += 1
-                next_request += len(free)
-                pool, out = self._insert(self.tables, pool, out, buffer, fill, new_request,
-                                         (groups % P).astype(np.int32), lengths[groups], rng)
-                row_request[done] = -1
-                row_request[fill] = new_request[fill]
-                if (row_request < 0).all():
+                    prefilled = g + 1
+                # Saves every finished row's result (at the end: the last ones), starts the new.
+                pool, out = self._insert(self.tables, pool, out, buffer, fill, request,
+                                         (group % P).astype(np.int32), lengths[group], rng)
+                if not len(rows):  # A segment only returns with rows to refill, or all done.
                     break
                 pool, done = self._segment(params, self.tables, pool,
                                            np.bool_(next_request < N))
-                done = np.asarray(done.addressable_data(0))
-            iterations = int(pool.iterations.addressable_data(0))
+                done = jax.device_get(done.addressable_data(0))  # The one sync a segment.
+            iterations = int(jax.device_get(pool.iterations.addressable_data(0)))
             result = {k: self._local(v, len(prompts) * G) for k, v in out.items()}
         return SampleOutput(**result, num_steps=iterations,
                             row_steps=B // jax.process_count() * iterations,
@@ -139,7 +140,18 @@ class Engine:
     def _local(self, x: jax.Array, n: int) -> np.ndarray:
         """This process's requests of a replicated [N, ...] output."""
         start = jax.process_index() * n
-        return np.asarray(x.addressable_data(0))[start:start + n]
+        return jax.device_get(x.addressable_data(0))[start:start + n]
+
+
+def make_sampler(kind: str, cfg: ModelConfig, scfg: SamplerConfig, tables: TriggerTables,
+                 rows: int, mesh: Mesh | None = None) -> Engine | Sampler:
+    """The rollout sampler of `config.sampling.engine`: "continuous" (an engine of `rows`
+    decode rows on each process) or "static" (calls of `rows` rows). Both have `rollout`."""
+    if kind == "continuous":
+        return Engine(cfg, scfg, tables, rows * jax.process_count(), mesh)
+    if kind == "static":
+        return Sampler(cfg, scfg, tables, mesh, rows=rows)
+    raise ValueError(f"sampling.engine={kind!r}: expected 'continuous' or 'static'")
 
 
 def _start(cfg: ModelConfig, scfg: SamplerConfig, tables: TriggerTables, B: int, T: int,
@@ -176,7 +188,9 @@ def _prefill(cfg: ModelConfig, scfg: SamplerConfig, params: Params, buffer: Prom
 def _copy_prompt(cache: model.KVCache, prompts: model.KVCache, fill: jax.Array,
                  src: jax.Array) -> model.KVCache:
     """cache[:, b, :T] = prompts[:, src[b]] for the rows b in `fill`: the prompt's keys and
-    values start the row's cache; slots past T are stale and masked until overwritten."""
+    values start the row's cache; slots past T are stale and masked until overwritten. The
+    gather is batch-aligned (every row's shard reads its own source, dropped where not filled),
+    so it splits over the mesh like the rows: B x T slots an insert, never the S-slot cache."""
     B, T = fill.shape[0], prompts.k.shape[2]
     dst = jnp.where(fill, jnp.arange(B), B)  # Rows not filled: out of range, dropped.
     return decode.constrain_cache(jax.tree.map(

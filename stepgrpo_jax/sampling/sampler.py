@@ -9,6 +9,7 @@ or the step budget is spent: a batch decodes as long as its longest row. The rol
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Sequence
 
@@ -30,12 +31,13 @@ class Sampler:
 
     jit keeps one executable per (prompt bucket, batch size): another batch in the same bucket
     runs without tracing again. With a mesh, the batch is split over ("data", "fsdp") and the
-    KV cache's heads over "tensor"; params should already carry their shardings.
+    KV cache's heads over "tensor"; params should already carry their shardings. `rollout`
+    runs calls of `rows` rows (default: all requests at once).
     """
 
     def __init__(self, cfg: ModelConfig, scfg: SamplerConfig, tables: TriggerTables,
-                 mesh: Mesh | None = None):
-        self.scfg, self.tables, self.mesh = scfg, tables, mesh
+                 mesh: Mesh | None = None, rows: int | None = None):
+        self.scfg, self.tables, self.mesh, self.rows = scfg, tables, mesh, rows
         self._generate = jax.jit(functools.partial(_generate, cfg, scfg))
 
     def __call__(self, params: Params, prompts: Sequence[Sequence[int]], rng: jax.Array,
@@ -65,6 +67,36 @@ class Sampler:
         num_steps = int(out.pop("num_steps"))
         return SampleOutput(**out, num_steps=num_steps, row_steps=len(prompts) * num_steps,
                             prefill_tokens=ids.size)
+
+    def rollout(self, params: Params, prompts: Sequence[Sequence[int]], group_size: int,
+                rng: jax.Array) -> SampleOutput:
+        """`Engine.rollout`'s completions (group-major, same request ids, so the same tokens)
+        from calls of `self.rows` rows each; the last call is padded with repeats of its last
+        request, so that every call has one compiled shape."""
+        requests = [p for p in prompts for _ in range(group_size)]
+        rows = self.rows or len(requests)
+        first = jax.process_index() * len(requests)  # The engine's global queue order.
+        outs = []
+        for start in range(0, len(requests), rows):
+            chunk = requests[start:start + rows]
+            ids = np.arange(start, start + len(chunk))
+            pad = rows - len(chunk)
+            out = self(params, chunk + chunk[-1:] * pad, rng,
+                       first + np.concatenate([ids, ids[-1:].repeat(pad)]))
+            outs.append(out if not pad else dataclasses.replace(
+                out, **{f: getattr(out, f)[:len(chunk)] for f in decode.PER_ROW}))
+        return decode.concat(outs)
+
+    def lower(self, params: Params, batch_size: int, prompt_len: int, rng: jax.Array
+              ) -> jax.stages.Lowered:
+        """The program for a (global) batch of `batch_size` prompts padded to `prompt_len`;
+        `params` and `rng` may be abstract (ShapeDtypeStructs with shardings), as for
+        ahead-of-time compilation (tools/aot_compile.py)."""
+        rows = parallel.named_sharding(self.mesh, ("act_batch",)) if self.mesh else None
+        ids = jax.ShapeDtypeStruct((batch_size, prompt_len), jnp.int32, sharding=rows)
+        per_row = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=rows)
+        with jax.set_mesh(self.mesh) if self.mesh else contextlib.nullcontext():
+            return self._generate.lower(params, self.tables, ids, per_row, per_row, rng)
 
 
 def _generate(cfg: ModelConfig, scfg: SamplerConfig, params: Params, tables: TriggerTables,

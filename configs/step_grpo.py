@@ -1,0 +1,102 @@
+r"""Step-GRPO and its baselines with the paper's setup (SPEC §5) on DAPO-Math-17k.
+
+  python main.py --config configs/step_grpo.py:size=8b,platform=v5p-64 --workdir gs://b/run \
+      --config.model_dir=/models/Qwen3-8B --config.data.train_files=/data/dapo-math-17k.parquet
+  python main.py --config configs/step_grpo.py:size=4b,platform=gpu8,method=grpo_lp ...
+  python main.py --config configs/step_grpo.py:runlocal --workdir /tmp/run \
+      --config.tokenizer_dir=/models/Qwen3-8B --config.data.train_files=problems.jsonl
+
+Arguments (comma-separated; all optional):
+  size      1.7b | 4b | 8b | 32b: the Qwen3 model (default 8b).
+  platform  where it runs: gpu8 (one node of 8 H100/H200) or a TPU slice (v5p-64, v6e-32, ...);
+            each size lists the platforms it has a setup for in SETUPS.
+  method    step_grpo: the paper's method (step-aware reward + DTR); grpo: plain GRPO (accuracy
+            reward, no DTR); grpo_lp: GRPO + the Kimi k1.5 length penalty (no DTR).
+  runlocal  a tiny random-init model of the same family with short rollouts, on this CPU.
+
+Each TPU setup compiles and fits in its chips' memory with >= 10% headroom:
+`python tools/aot_compile.py --config configs/step_grpo.py:size=8b,platform=v5p-64
+--topology v5p-64` checks it, and docs/scale.md gives the plan.
+"""
+
+import dataclasses
+
+import ml_collections
+
+from configs import common, default
+
+SIZES = ("1.7b", "4b", "8b", "32b")
+METHODS = ("step_grpo", "grpo", "grpo_lp")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """How a model size runs on a platform."""
+
+    mesh: tuple[int, int, int]  # (data, fsdp, tensor); -1 takes the remaining devices.
+    rollout_rows: int  # sampling.batch_size: rows per sampler call on each host (KV cache).
+    microbatches: int  # grpo.num_microbatches: the update's micro-batches (activations).
+
+
+# The paper's shapes: 512 prompts x G=5 = 2560 rows per step, 4 mini-batches of 640 rows, prompt
+# bucket 2048 + 16384 response tokens. A micro-batch holds 640 / microbatches rows, split over the
+# data x fsdp devices. GPU setups are estimates (docs/scale.md); TPU ones are compiled.
+SETUPS: dict[tuple[str, str], Setup] = {
+    ("1.7b", "gpu8"): Setup((1, 8, 1), 128, 80),
+    ("4b", "gpu8"): Setup((1, 8, 1), 128, 80),
+    ("8b", "gpu8"): Setup((1, 4, 2), 64, 80),
+    ("1.7b", "v5p-16"): Setup((1, -1, 1), 80, 20),
+    ("4b", "v5p-32"): Setup((1, -1, 1), 64, 20),
+    ("8b", "v5p-64"): Setup((1, -1, 2), 64, 20),
+    ("8b", "v6e-32"): Setup((1, -1, 2), 16, 40),
+    ("32b", "v5p-32"): Setup((1, -1, 4), 32, 160),
+}
+PLATFORMS = tuple(sorted({platform for _, platform in SETUPS}))
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = common.parse_arg(arg, dict(size=SIZES, platform=PLATFORMS, method=METHODS),
+                           source="configs/step_grpo.py", size="8b", platform="gpu8",
+                           method="step_grpo", runlocal=False)
+    c = default.get_config()
+    c.model.preset = f"qwen3-{arg.size}"
+    c.data.problem = "prompt.0.content"  # DAPO-Math-17k's parquet layout.
+    c.data.answer = "reward_model.ground_truth"
+    c.eval.max_new_tokens = 32768
+    if arg.method != "step_grpo":  # The baselines: the same trainer without DTR.
+        c.reward.kind = arg.method
+        c.dtr.enabled = False
+
+    if arg.runlocal:
+        # Qwen3's vocabulary (so a real Qwen3 tokenizer works) on a 2-layer model; a step takes
+        # seconds on a laptop CPU.
+        c.model.overrides = ml_collections.ConfigDict(dict(
+            embed_dim=64, mlp_dim=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16))
+        c.model.dtype = "float32"  # bfloat16 is emulated, so slow, on CPU.
+        c.sampling.cache_dtype = "float32"
+        c.mesh.shape = (1, -1, 1)
+        c.total_steps = 2
+        c.sampling.prompt_buckets = (256, 512)
+        c.sampling.max_new_tokens = 64
+        c.sampling.batch_size = 20
+        c.dtr.exit_margin = 8
+        c.grpo.prompts_per_step = 4
+        c.grpo.num_minibatches = 2
+        c.grpo.response_bucket = 32
+        # A chunk's float32 logits are [rows, chunk, 151,936]: 1024 would be 6 GB here.
+        c.grpo.chunk_size = 64
+        c.eval.max_new_tokens = 64
+        c.eval.batch_size = 8
+        c.ckpt.every_steps = 2
+        c.log.tensorboard = False
+        return c
+
+    if (arg.size, arg.platform) not in SETUPS:
+        known = sorted(p for s, p in SETUPS if s == arg.size)
+        raise ValueError(f"configs/step_grpo.py: size={arg.size} has no setup for "
+                         f"platform={arg.platform}; it has one for {known}")
+    setup = SETUPS[arg.size, arg.platform]
+    c.mesh.shape = setup.mesh
+    c.sampling.batch_size = setup.rollout_rows
+    c.grpo.num_microbatches = setup.microbatches
+    return c

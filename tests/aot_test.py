@@ -1,0 +1,87 @@
+"""Ahead-of-time compilation for a TPU slice on this CPU (tools/aot_compile.py, libtpu).
+
+A small model's update step is compiled for a 4-chip v5p slice; the compiler's bytes must add
+up to the run's parts and scale with the batch and the sharding as they should. XLA:TPU pads
+arrays to its (8, 128) tiles, so the model's dimensions are multiples of those (which keeps
+padding under 2%) and byte counts are compared to 2%.
+"""
+
+import functools
+import importlib.util
+import os
+import sys
+
+import pytest
+
+from configs import step_grpo
+from stepgrpo_jax import parallel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def aot():
+    spec = importlib.util.spec_from_file_location(
+        "aot_compile", os.path.join(ROOT, "tools", "aot_compile.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # Its dataclasses look their module up while defined.
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def topo(aot):
+    return aot.get_topology("v5p:2x2x1")
+
+
+@functools.cache
+def _compile(aot, topo, mesh=(1, -1, 1), prompts=16):
+    """The run and the compiled update of a 4M-parameter model: [rows, 256 tokens] batches."""
+    c = step_grpo.get_config("runlocal")
+    c.model.overrides.update(vocab_size=4096, embed_dim=256, mlp_dim=512, num_heads=8,
+                             num_kv_heads=8, head_dim=128)
+    c.sampling.prompt_buckets, c.sampling.max_new_tokens = (128,), 128
+    c.grpo.group_size, c.grpo.prompts_per_step = 2, prompts
+    c.grpo.num_minibatches = c.grpo.num_microbatches = 1
+    c.mesh.shape = mesh
+    with parallel.logical_rules(None):
+        run = aot.Run.build(c, topo)
+        return run, aot.compile_program(run, "update")
+
+
+def test_topologies_by_name(aot):
+    for name, chips, hosts, kind in [("v5p-64", 32, 8, "TPU v5p"), ("v4-8", 4, 1, "TPU v4"),
+                                     ("v5e-16", 16, 4, "TPU v5e"), ("v6e-8", 8, 1, "TPU v6e"),
+                                     ("v6e-32", 32, 8, "TPU v6e")]:
+        t = aot.get_topology(name)
+        assert (len(t.devices), t.hosts, t.chip.kind) == (chips, hosts, kind), name
+    with pytest.raises(ValueError, match="v5p slices are v5p-N with N in"):
+        aot.get_topology("v5p-6")
+
+
+def test_peak_is_the_sum_of_the_state_and_batch(aot, topo):
+    run, r = _compile(aot, topo)
+    state, batch = aot.device_bytes(run.state), aot.device_bytes(run.minibatch)
+    assert r["arguments"] == pytest.approx(state + batch, rel=0.02)
+    assert r["aliased"] == pytest.approx(state, rel=0.02)  # The donated state, updated in place.
+    assert r["outputs"] == pytest.approx(state, rel=0.02)  # The new state and scalar metrics.
+    assert r["peak"] == r["arguments"] + r["outputs"] + r["temporaries"] - r["aliased"]
+    assert r["total"] == r["peak"] + r["resident"]
+    assert r["fits"]
+
+
+def test_doubling_the_batch_doubles_the_activations(aot, topo):
+    _, small = _compile(aot, topo, prompts=16)
+    _, large = _compile(aot, topo, prompts=32)
+    assert 1.7 < large["temporaries"] / small["temporaries"] < 2.3
+    assert large["flops"] == pytest.approx(2 * small["flops"], rel=1e-6)
+    assert 1.8 < large["xla_flops"] / small["xla_flops"] < 2.2
+
+
+def test_fsdp_divides_the_params(aot, topo):
+    replicated, r_rep = _compile(aot, topo, mesh=(-1, 1, 1))
+    sharded, r_fsdp = _compile(aot, topo, mesh=(1, -1, 1))
+    ratio = aot.device_bytes(replicated.state) / aot.device_bytes(sharded.state)
+    assert 3.99 < ratio <= 4  # Only the norm scales stay whole.
+    # The batch is split over data x fsdp in both: only the state changed.
+    assert r_rep["arguments"] / r_fsdp["arguments"] == pytest.approx(ratio, rel=0.02)
