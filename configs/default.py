@@ -131,6 +131,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.top_p = 0.95
     c.eval.top_k = 20
     c.eval.max_new_tokens = 16384  # Response budget of evaluation.
+    # True: close thinking at the first step boundary (DTR forcing the exit there), to measure
+    # what the steps after the first attempt are worth.
+    c.eval.exit_after_first_step = False
     c.eval.base_results = ""  # Results JSON of the base model, for compression rates.
     c.eval.out = ""  # Default: {workdir}/eval.json.
 

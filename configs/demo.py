@@ -25,6 +25,8 @@ def get_config():
     c.demo.sft_steps = 600
     c.demo.sft_learning_rate = 1e-2
     c.demo.sft_warmup_steps = 20
+    c.demo.sft_more_steps = 0  # A second warm-start round (demo.warm_start); 0: none.
+    c.demo.sft_more_learning_rate = 5e-3
 
     # A small Qwen3: 4 layers, width 96, the testbed's 403-token vocabulary padded to 416.
     # RoPE at 1e4 rather than Qwen3's 1e6: sequences are short, and the fast frequencies are

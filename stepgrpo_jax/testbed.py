@@ -1,33 +1,31 @@
-r"""The overthinking testbed: sums of small numbers worked as running sums, teacher traces with
-a re-checking habit, and a small byte-level tokenizer, all generated offline from a seed.
+r"""The overthinking testbed: sums of small numbers, teacher traces whose later steps correct
+the first attempt, and a small byte-level tokenizer, all generated offline from a seed.
 
-A small Qwen3-architecture model warm-started on these traces learns the teacher's habit: a
-first attempt that sometimes slips on one small addition, a "Wait" step per fix, then 0-4
-redundant "Wait" re-checks of an answer already right. Step-GRPO should learn to drop the
-re-checks.
+Difficulty d: d + 2 distinct terms from 1-9 ("What is 3+5+9?" is d = 1: 504 problems). Every
+number is a single token, and the terms are distinct, so the next term of a sum is the one that
+follows the previous term in the prompt (an induction-head copy by value).
 
-Difficulty d: d + 2 distinct terms from 1-9 ("What is 3+5+9?" is d = 1: 504 problems). The
-first attempt is a chain of d + 1 small steps, "3+5=8, +9=17.", each adding one term to the sum
-just before it. Everything a tiny transformer must learn is a short look-up, so one warm-starts
-in a few hundred SFT steps: every number is a single token (a sum is one prediction from two
-tokens a fixed distance back, not a digit-by-digit carry), and the terms are distinct, so the
-next term is the one that follows the previous term in the prompt (an induction-head copy by
-value, where repeated terms would need counting).
+A teacher trace (Qwen3 thinking format) has three parts:
+- **The first attempt** states the sum at once: "The sum is 19." For a small model this is one
+  prediction from all the terms, reliable for three terms and not for five. The teacher's own
+  first attempt is also wrong (a near miss) with a chance that rises with difficulty
+  (`first_slip_prob`: 0% at d = 1, 40% at d = 3), so the warm start learns a first attempt
+  that is cheap and, on hard problems, unreliable.
+- **The careful check**: "Wait, step by step: 3+5=8, +9=17, +2=19." Running sums, each a
+  look-up from two tokens a fixed distance back, which a small model learns reliably.
+  It does not look at the first attempt, so it corrects a wrong one without having to detect
+  the error. It is *necessary* when the first attempt was wrong, *redundant* when it was right.
+  A tenth of the right first attempts close thinking at once instead (`EARLY_CLOSE`), as a DTR
+  exit at the first boundary would, so that the answer after such an exit is in-distribution.
+- **Re-checks** (0 to `MAX_RECHECKS` after the check), redundant: "Wait, double-check: sum=19. Yes."
 
-Harder problems have more steps and the teacher slips more readily on each (`slip_prob`), so
-first attempts fail more often. A slip (at most one per chain) drops the carry (8+9=7) or is
-off by one; later steps go on from the wrong sum, so the chain ends wrong. A fix redoes the
-wrong step and the rest of the chain from there: "Wait, 8+9=17, not 7, +2=19." (the redone
-tail may slip again: at most two fixes).
-
-The DTR probe (SPEC §3) is in-distribution by construction. Steps are lines, so a step boundary
-follows "\n" and the probe text `PROBE_PROMPT` reads exactly as the teacher's own closing
-`PROBE_PROMPT + "{19}" + EXIT_SUFFIX`. The teacher also sometimes writes a premature
-`**Final Answer** \boxed{18}` for a wrong answer and goes on with "Wait" instead of
-`</think>`. So in the data `</think>` follows a boxed answer exactly when that answer is right:
-a probe ends with `</think>` (confidence > 0) only if the model judges its current answer right.
-A fifth of the traces close thinking with `EXIT_SUFFIX` right after a step, as DTR does on an
-early exit, so the answer after an exit is in-distribution too.
+Then `\n**Final Answer**\n\boxed{19}\n</think>\n\nThe answer is \boxed{19}.<|im_end|>` (a fifth
+of the traces close with `EXIT_SUFFIX` alone, as after a DTR exit). The answer is always the
+check's sum. Steps are lines, so a step boundary follows "\n" and the DTR probe
+(`PROBE_PROMPT`, SPEC §3) reads exactly as the teacher's own closing: at the first boundary its
+confidence is the model's confidence in its first attempt, high for easy sums, low for hard
+ones. Forcing `</think>` there (`eval.exit_after_first_step`) measures what the later steps are
+worth.
 """
 
 from __future__ import annotations
@@ -47,32 +45,38 @@ from stepgrpo_jax.sampling.config import EXIT_SUFFIX, PROBE_PROMPT  # SPEC §3 d
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
 # An upper bound only: BPE runs out of pairs to merge (every word whole) below 400 tokens.
 MAX_VOCAB = 1024
-MAX_REDUNDANT = 4  # Redundant re-checks per trace: uniform in 0..MAX_REDUNDANT.
-MAX_FIXES = 2  # Necessary fixes per trace; the last allowed fix never slips.
-PREMATURE = 0.5  # Chance of a premature "Final Answer" at each wrong answer before its fix.
+MAX_RECHECKS = 3  # Re-checks after the careful check: uniform in 0..MAX_RECHECKS.
+# Chance that a right first attempt closes thinking at once (as a DTR exit at the first step
+# boundary would): what the model writes after such an exit is then in-distribution.
+EARLY_CLOSE = 0.1
 PLAIN_CLOSE = 0.2  # Chance that thinking ends with EXIT_SUFFIX alone, as after a DTR early exit.
 
 _PROBLEM = re.compile(r"What is (\d+(?:\+\d+)+)\?")
+_FIRST = re.compile(r"<think>\nThe sum is (\d+)\.")
 _SPECIAL = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
-# Redundant re-checks of a right sum s: each confirms, none changes the answer, none starts like
-# a fix ("Wait, 8+9=17, not ..."). They only restate s: no arithmetic for a tiny model to
-# learn beyond the chain's.
-_CHECKS = (
+_CHECK = "Wait, step by step: {chain}."
+# Re-checks of the checked sum s: they only restate s, so a tiny model learns them by copying.
+_RECHECKS = (
     "Wait, let me check again. Sum={s}. Yes.",
     "Wait, is the sum={s}? Yes.",
-    "Wait, let me add them once more. Right, sum={s}.",
     "Wait, double-check: sum={s}. Yes.",
 )
 
 
-def slip_prob(difficulty: int) -> float:
-    """Chance that the teacher gets one step of the chain wrong, rising with difficulty."""
-    return min(0.04 + 0.02 * difficulty, 0.3)
+def first_slip_prob(difficulty: int) -> float:
+    """Chance that the teacher's first attempt (the sum stated at once) is wrong."""
+    return min(0.2 * (difficulty - 1), 0.6)
 
 
 def terms_of(problem: str) -> list[int]:
-    """The terms of a problem's text, "What is 3 + 5 + 9?" -> [3, 5, 9]."""
+    """The terms of a problem's text, "What is 3+5+9?" -> [3, 5, 9]."""
     return [int(t) for t in _PROBLEM.fullmatch(problem).group(1).split("+")]
+
+
+def first_answer(response: str) -> int | None:
+    """The sum a response's first attempt states ("The sum is 19."), None if it has none."""
+    m = _FIRST.match(response)
+    return int(m.group(1)) if m else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,26 +118,9 @@ def make_problems(n: int, seed: int | str, difficulties: Sequence[int] = (1, 2, 
 # ---------------------------------------------------------------------------------------------
 
 
-def _slip(x: int, y: int, rng: random.Random) -> int:
-    """A wrong x + y: the carry dropped where there is one, else off by one."""
-    if x % 10 + y >= 10:
-        return x + y - 10
-    return x + y + 1 if x + y == 0 or rng.random() < 0.5 else x + y - 1
-
-
-def _chain(x: int, terms: Sequence[int], q: float,
-           rng: random.Random) -> tuple[list[str], int, int | None]:
-    """Running sums from x over `terms`, each step wrong with chance q until one is. Returns the
-    step texts, the final (stated) sum and the index of the wrong step (None when all are right).
-    One slip per chain: its error carries to the end, so a chain is right iff its sum is."""
-    steps, wrong = [], None
-    for i, y in enumerate(terms):
-        z = _slip(x, y, rng) if wrong is None and rng.random() < q else x + y
-        if z != x + y:
-            wrong = i
-        steps.append(f"+{y}={z}")
-        x = z
-    return steps, x, wrong
+def _near_miss(answer: int, rng: random.Random) -> int:
+    """A wrong sum 1 or 2 away from the answer."""
+    return answer + rng.choice((-2, -1, 1, 2))
 
 
 def _final(answer: int) -> str:
@@ -143,37 +130,26 @@ def _final(answer: int) -> str:
 def make_trace(problem: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     """One teacher response to `problem` (Qwen3 thinking format, ending in `<|im_end|>`).
 
-    Returns `response`; `steps` = 1 + `necessary` + `redundant` (SPEC §2 step count);
-    `first_correct`; and `settled`, one flag per "Wait": whether the answer stated just before
-    that step boundary is already right (where a DTR probe should be confident).
+    Returns `response`; `steps` = 1 + `necessary` + `redundant` (SPEC §2 step count: the
+    careful check and every re-check open with "Wait"); `first_correct`.
     """
     terms = terms_of(problem["problem"])
     answer = sum(terms)
-    q = slip_prob(problem["difficulty"])
-    steps, current, wrong = _chain(terms[0], terms[1:], q, rng)
-    # Running sums before each step: prefix[i] is the right sum before terms[i + 1] is added.
-    prefix = [sum(terms[:i + 1]) for i in range(len(terms) - 1)]
-    parts = ["<think>\n", f"{terms[0]}" + ", ".join(steps) + ".\n"]
-    settled, first_correct = [], current == answer
-    while wrong is not None:
-        if rng.random() < PREMATURE:
-            parts.append(_final(current))
-        x, y = prefix[wrong], terms[wrong + 1]
-        bad = steps[wrong].rpartition("=")[2]
-        last_fix = len(settled) + 1 >= MAX_FIXES
-        tail, current, later = _chain(x + y, terms[wrong + 2:], 0.0 if last_fix else q, rng)
-        parts.append(", ".join([f"Wait, {x}+{y}={x + y}, not {bad}", *tail]) + ".\n")
-        settled.append(False)
-        steps = steps[:wrong] + [f"+{y}={x + y}"] + tail
-        wrong = None if later is None else wrong + 1 + later
-    redundant = rng.sample(_CHECKS, rng.randint(0, MAX_REDUNDANT))
-    parts += [check.format(s=answer) + "\n" for check in redundant]
-    settled += [True] * len(redundant)
+    first_correct = rng.random() >= first_slip_prob(problem["difficulty"])
+    first = answer if first_correct else _near_miss(answer, rng)
+    sums = [sum(terms[:i + 1]) for i in range(len(terms))]
+    chain = f"{terms[0]}" + ", ".join(f"+{y}={s}" for y, s in zip(terms[1:], sums[1:], strict=True))
+    parts = ["<think>\n", f"The sum is {first}.\n"]
+    checks = []
+    if not (first_correct and rng.random() < EARLY_CLOSE):
+        checks = [_CHECK.format(chain=chain)]
+        checks += [r.format(s=answer) for r in rng.sample(_RECHECKS, rng.randint(0, MAX_RECHECKS))]
+    parts += [check + "\n" for check in checks]
     close = EXIT_SUFFIX if rng.random() < PLAIN_CLOSE else _final(answer) + EXIT_SUFFIX[1:]
     parts += [close, f"The answer is \\boxed{{{answer}}}.<|im_end|>"]
-    necessary = len(settled) - len(redundant)
-    return {"response": "".join(parts), "steps": 1 + len(settled), "necessary": necessary,
-            "redundant": len(redundant), "first_correct": first_correct, "settled": settled}
+    necessary = int(not first_correct)
+    return {"response": "".join(parts), "steps": 1 + len(checks), "necessary": necessary,
+            "redundant": len(checks) - necessary, "first_correct": first_correct}
 
 
 def make_sft_rows(n: int, seed: int | str, difficulties: Sequence[int] = (1, 2, 3),

@@ -38,6 +38,8 @@ def test_demo_runs_end_to_end(tmp_path):
         assert summary[when]["response_tokens_mean"] > 0 and summary[when]["steps_mean"] >= 1
         assert set(summary["by_difficulty"][when]) == {"1", "2", "3"}
     assert "warm start" in out.stdout and "Step-GRPO" in out.stdout
+    assert "d=3 accuracy" in out.stdout  # Before/after by difficulty.
+    assert (workdir / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Both stages left their checkpoints and metrics.
     for stage in ("sft", "grpo"):
         assert (workdir / stage / "metrics.jsonl").exists()

@@ -10,6 +10,8 @@ from sampling_fixtures import (
     DTR_CFG,
     DTR_PARAMS,
     DTR_TABLES,
+    EOS,
+    THINK_END,
     TINY,
     VOCAB,
     full_logprobs,
@@ -155,3 +157,48 @@ def test_without_dtr_steps_are_still_counted():
     for row in range(len(prompts)):
         assert out.step_counts[row] == text_steps(out.completion(row))
     assert out.step_counts.max() > 2
+
+
+def test_exit_after_first_step(qwen3_tokenizer_dir):
+    """`eval.exit_after_first_step`: DTR's settings from the eval config close thinking at the
+    first step boundary, whatever the probe says; rows without a trigger think as plainly."""
+    from configs import default
+    from stepgrpo_jax import tokenizer
+
+    config = default.get_config()
+    config.eval.exit_after_first_step = True
+    tok = tokenizer.load(qwen3_tokenizer_dir)
+    forcing = sampling.SamplerConfig.from_config(config, tok, evaluation=True).dtr
+    assert forcing is not None
+    config.eval.exit_after_first_step = False
+    assert sampling.SamplerConfig.from_config(config, tok, evaluation=True).dtr is None
+    # Its numbers on the tiny vocabulary's probe and exit ids.
+    numbers = {f: getattr(forcing, f) for f in ("threshold", "probe_budget", "max_probes",
+                                                "think_budget_frac", "exit_margin")}
+    scfg = dataclasses.replace(DTR_CFG, dtr=dataclasses.replace(DTR_CFG.dtr, **numbers))
+    plain_cfg = dataclasses.replace(DTR_CFG, dtr=None)
+    prompts = random_prompts(1, 32)
+    out = sampling.Sampler(TINY, scfg, DTR_TABLES)(DTR_PARAMS, prompts, jax.random.key(0))
+    plain = sampling.Sampler(TINY, plain_cfg, DTR_TABLES)(DTR_PARAMS, prompts,
+                                                          jax.random.key(0))
+    exits = 0
+    for row in range(len(prompts)):
+        ref = plain.completion(row)
+        ends = [i for i, t in enumerate(ref) if t in (THINK_END, EOS)]
+        thinking = ref[:ends[0]] if ends else ref
+        text = "".join(VOCAB[t] for t in thinking)
+        # The first occurrence confirmed inside thinking (EOS and `</think>` end thinking).
+        first = next((m for m in TRIGGER.finditer(text) if m.end() < len(text)), None)
+        got = out.completion(row)
+        if first is None:  # As plainly, up to DTR's suffix after a natural close.
+            n = len(thinking) + 1
+            assert got[:n] == ref[:n] and out.num_probes[row] == 0, f"row {row}"
+            continue
+        starts = np.cumsum([0] + [len(VOCAB[t]) for t in thinking])
+        p = int(np.searchsorted(starts, first.start(), side="right")) - 1  # Its first token.
+        assert got[:p] == ref[:p], f"row {row}"
+        assert tuple(got[p:p + 3]) == DTR_CFG.dtr.exit_ids, f"row {row}"
+        assert out.exit_reason(row) == "early_exit" and out.num_probes[row] == 1
+        assert text_steps(got[:p]) == 1  # No step before the exit (the answer may have some).
+        exits += 1
+    assert 8 <= exits < len(prompts), exits

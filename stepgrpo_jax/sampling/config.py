@@ -87,7 +87,8 @@ class SamplerConfig:
     def from_config(cls, config: Mapping[str, Any], tok: PreTrainedTokenizerBase, *,
                     evaluation: bool = False) -> SamplerConfig:
         """The rollout sampler of `config.sampling` and `config.dtr`, or with `evaluation` the
-        plain sampler of `config.eval` (its fields override `config.sampling`'s); token ids
+        plain sampler of `config.eval` (its fields override `config.sampling`'s; with
+        `eval.exit_after_first_step`, thinking closes at the first step boundary); token ids
         from `tok`, stop ids from `tokenizer.stop_ids`."""
         from stepgrpo_jax import tokenizer  # Imports transformers: only when building.
 
@@ -95,6 +96,13 @@ class SamplerConfig:
         dtr = None
         if config["dtr"]["enabled"] and not evaluation:
             dtr = DTRConfig.from_config(config["dtr"], tok)
+        elif evaluation and config["eval"]["exit_after_first_step"]:
+            # DTR forcing the exit at the first step boundary: a threshold below any confidence
+            # (they lie in [0, 1]) makes the first probe exit, after one probe token. No
+            # thinking budget: a response with no trigger thinks as in plain sampling.
+            dtr = DTRConfig.from_tokenizer(tok, config["dtr"]["probe_prompt"],
+                                           config["dtr"]["exit_suffix"], threshold=-1.0,
+                                           probe_budget=1, max_probes=1, think_budget_frac=1.0)
         return cls(**_same_names(cls, fields), eos_ids=tokenizer.stop_ids(tok, config["model_dir"]),
                    think_end_id=tok.convert_tokens_to_ids("</think>"), pad_id=tok.pad_token_id,
                    dtr=dtr)
