@@ -100,10 +100,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     bar = tqdm(range(start, config.total_steps), initial=start, total=config.total_steps,
                disable=jax.process_index() != 0, desc="sft")
     preemption = checkpoint.Preemption(ckpt)
-    # As in trainer.py: host <-> device copies in the loop are explicit.
+    # As in trainer.py: device -> host copies in the loop are explicit.
     try:
-        with jax.transfer_guard_host_to_device("disallow"), \
-                jax.transfer_guard_device_to_host("disallow"):
+        with jax.transfer_guard_device_to_host("disallow"):
             for step in bar:
                 t0 = time.perf_counter()
                 local = encode_rows(tok, stream.take(rows_per_host), config.sft.max_seq_len)

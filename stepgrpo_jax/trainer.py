@@ -165,12 +165,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                disable=jax.process_index() != 0, desc=f"{config.reward.kind}")
     skipped_in_row, last = 0, {}
     rollout_rng, eval_rng = jax.random.fold_in(rng, 1), jax.random.fold_in(rng, 2)
-    # In the loop every host <-> device copy is explicit (device_put, device_get, global arrays
-    # built from host rows): an implicit one, such as np.asarray or float() of a device value,
-    # would stall the step unseen, so it is an error instead.
+    # In the loop every device -> host copy is explicit (device_get): an implicit one, such as
+    # np.asarray or float() of a device value, would stall the step unseen, so it is an error.
+    # Host -> device is not guarded: jax counts building multi-process global arrays from host
+    # rows (make_array_from_process_local_data) as implicit.
     try:
-        with jax.transfer_guard_host_to_device("disallow"), \
-                jax.transfer_guard_device_to_host("disallow"):
+        with jax.transfer_guard_device_to_host("disallow"):
             for step in bar:
                 done = step + 1
                 t0 = time.perf_counter()
