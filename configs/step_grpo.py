@@ -51,7 +51,7 @@ SETUPS: dict[tuple[str, str], Setup] = {
     ("1.7b", "v5p-16"): Setup((1, -1, 1), 80, 20),
     # Rollout 60.7 GB, log-probs 10.5 GB, update 28.0 GB of 95.
     ("4b", "v5p-32"): Setup((1, -1, 1), 64, 20),
-    # Rollout 61.9 GB, update 29.8 GB of 95.
+    # Rollout 61.9 GB, log-probs 8.6 GB, update 29.8 GB of 95.
     ("8b", "v5p-64"): Setup((1, -1, 2), 64, 20),
     # Rollout 19.3 GB, update 19.6 GB of 32. 32 rows per host would need 33.4 GB.
     ("8b", "v6e-32"): Setup((1, -1, 2), 16, 40),
