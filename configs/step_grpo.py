@@ -14,9 +14,9 @@ Arguments (comma-separated; all optional):
             reward, no DTR); grpo_lp: GRPO + the Kimi k1.5 length penalty (no DTR).
   runlocal  a tiny random-init model of the same family with short rollouts, on this CPU.
 
-Each TPU setup compiles and fits in its chips' memory with >= 10% headroom:
+TPU setups are compiled for their slice on a CPU, which tells whether they fit:
 `python tools/aot_compile.py --config configs/step_grpo.py:size=8b,platform=v5p-64
---topology v5p-64` checks it, and docs/scale.md gives the plan.
+--topology v5p-64`; docs/scale.md gives the plan.
 """
 
 import dataclasses
@@ -40,15 +40,23 @@ class Setup:
 
 # The paper's shapes: 512 prompts x G=5 = 2560 rows per step, 4 mini-batches of 640 rows, prompt
 # bucket 2048 + 16384 response tokens. A micro-batch holds 640 / microbatches rows, split over the
-# data x fsdp devices. GPU setups are estimates (docs/scale.md); TPU ones are compiled.
+# data x fsdp devices. TPU setups are compiled by tools/aot_compile.py; the comments give each
+# program's total per chip (docs/scale.md). GPU setups are sized by the same per-device
+# arithmetic (KV cache and activations per row) but not compiled.
 SETUPS: dict[tuple[str, str], Setup] = {
     ("1.7b", "gpu8"): Setup((1, 8, 1), 128, 80),
     ("4b", "gpu8"): Setup((1, 8, 1), 128, 80),
     ("8b", "gpu8"): Setup((1, 4, 2), 64, 80),
+    # Rollout 56.1 GB, log-probs 9.7 GB, update 29.8 GB of 95.
     ("1.7b", "v5p-16"): Setup((1, -1, 1), 80, 20),
+    # Rollout 60.7 GB, log-probs 10.5 GB, update 28.0 GB of 95.
     ("4b", "v5p-32"): Setup((1, -1, 1), 64, 20),
+    # Rollout 61.9 GB, log-probs 8.6 GB, update 29.8 GB of 95.
     ("8b", "v5p-64"): Setup((1, -1, 2), 64, 20),
+    # Rollout 19.3 GB, update 19.6 GB of 32. 32 rows per host would need 33.4 GB.
     ("8b", "v6e-32"): Setup((1, -1, 2), 16, 40),
+    # Rollout 84.6 GB of 95; the update needs 86.8 GB, 1.3 GB over the 10% headroom (a row of
+    # 18k tokens per micro-batch is the least it can take): use v5p-64 for margin.
     ("32b", "v5p-32"): Setup((1, -1, 4), 32, 160),
 }
 PLATFORMS = tuple(sorted({platform for _, platform in SETUPS}))
