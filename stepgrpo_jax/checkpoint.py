@@ -180,7 +180,13 @@ def check_compatible(ckpt: Checkpoints, step: int, target: TrainState,
     traceback suggesting a partial restore."""
     where = os.path.join(ckpt.directory, str(step))
     saved = ckpt.read_meta(step).get("model_config", {})
-    ours = json.loads(json.dumps(config_to_json(model_cfg)))  # Tuples as JSON lists.
+    # Read back through the dataclass, so fields added since the save take their defaults;
+    # fields this version does not know stay, and are reported as differences.
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    if saved:
+        saved = {**saved, **_as_json(config_from_json({k: v for k, v in saved.items()
+                                                        if k in known}))}
+    ours = _as_json(model_cfg)
     diffs = [f"{k}: checkpoint {saved.get(k, '(none)')}, config {ours.get(k, '(none)')}"
              for k in sorted(set(saved) | set(ours))
              if k not in _COMPUTE_ONLY and saved.get(k) != ours.get(k)]
@@ -200,6 +206,10 @@ def check_compatible(ckpt: Checkpoints, step: int, target: TrainState,
             raise CheckpointMismatchError(
                 f"{where}: the {name} differ from this run's (another optimizer or state "
                 f"structure?): " + "; ".join(diffs[:5]) + more)
+
+
+def _as_json(cfg: ModelConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(config_to_json(cfg)))  # Tuples as JSON lists.
 
 
 def _leaves(tree) -> dict[str, str]:

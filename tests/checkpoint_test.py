@@ -53,6 +53,23 @@ def test_another_model_config_names_each_field(saved, mesh):
     assert "embed_dim" not in message
 
 
+def test_a_checkpoint_from_before_the_family_switches_resumes(tmp_path, mesh, monkeypatch):
+    """Fields added to ModelConfig since a save take their defaults; they are no difference."""
+    state = train_state.init_train_state(TINY, OPTIMIZER, mesh, params=tiny_params())
+    old_fields = ("qk_norm", "qkv_bias", "rope_scaling")
+    to_json = checkpoint.config_to_json
+    monkeypatch.setattr(checkpoint, "config_to_json", lambda cfg: {
+        k: v for k, v in to_json(cfg).items() if k not in old_fields})
+    ckpt = checkpoint.Checkpoints(str(tmp_path / "ckpt"), async_save=False)
+    checkpoint.save_train_state(ckpt, 3, state, TINY, data_position=7, seed=0)
+    ckpt.wait()
+    monkeypatch.undo()
+    assert not set(old_fields) & set(ckpt.read_meta(3)["model_config"])
+    _, start, _ = checkpoint.restore_train_state(ckpt, state, TINY)
+    assert start == 3
+    ckpt.close()
+
+
 def test_another_optimizer_names_the_state_that_differs(saved, mesh):
     ckpt, _ = saved
     sgd = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(1e-3, momentum=0.9))
