@@ -45,7 +45,7 @@ def get_config():
 
     c.sampling.max_new_tokens = 256
     c.sampling.prompt_buckets = (64,)
-    c.sampling.batch_size = 160  # One sampler call per step.
+    c.sampling.batch_size = 160  # Decode rows: every completion of a step starts at once.
     c.sampling.cache_dtype = "float32"  # bfloat16 is emulated, so slow, on CPU.
     c.dtr.exit_margin = 10
 

@@ -7,10 +7,11 @@ r"""Samples completions of one prompt with the compiled sampler; prints them, op
 per sample), refilled as samples finish; `--engine static` decodes all samples as one batch. Both
 give the same completions for the same `--seed`.
 
-`--model_dir` is an HF Qwen3 directory or a checkpoint directory of ours; the tokenizer comes from
-`--tokenizer_dir` (default: the model directory). A text prompt goes through the Qwen3 chat
-template unless `--raw`; `--prompt_ids` are used as they are. `--temperature 0` is greedy;
-`--top_k 0` and `--top_p 1` switch those filters off. JSON (`--json OUT`):
+`--model_dir` is an HF directory (Qwen3, Qwen2 or Llama) or a checkpoint directory of ours;
+the tokenizer comes from `--tokenizer_dir` (default: the model directory). A text prompt goes
+through the Qwen3 chat template unless `--raw`; `--prompt_ids` are used as they are.
+`--temperature 0` is greedy; `--top_k 0` and `--top_p 1` switch those filters off.
+JSON (`--json OUT`):
 {"prompt_ids": [...], "completions": [{"token_ids", "text", "logprobs", "step_count",
 "num_probes", "exit_reason"}, ...]}, token_ids being the completion only.
 """
