@@ -7,26 +7,17 @@ padding under 2%) and byte counts are compared to 2%.
 """
 
 import functools
-import importlib.util
-import os
-import sys
 
+import fixtures
 import pytest
 
 from configs import step_grpo
 from stepgrpo_jax import parallel
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 @pytest.fixture(scope="module")
 def aot():
-    spec = importlib.util.spec_from_file_location(
-        "aot_compile", os.path.join(ROOT, "tools", "aot_compile.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # Its dataclasses look their module up while defined.
-    spec.loader.exec_module(module)
-    return module
+    return fixtures.load_tool("aot_compile")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,9 @@
-"""Helpers shared by tests: a free local port and the harness of multi-process tests."""
+"""Helpers shared by tests: a free local port, the harness of multi-process tests, and the
+command-line tools as modules."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -18,6 +20,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def load_tool(name: str):
+    """tools/{name}.py as a module (the tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # Dataclasses defined in it look their module up.
+    spec.loader.exec_module(module)
+    return module
 
 
 def cpu_env(devices: int = 1) -> dict[str, str]:

@@ -1,11 +1,11 @@
 """The benchmark: summary over seeds, testbed targets, report, plots, and a tiny run end to end."""
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 
+import fixtures
 import pytest
 from demo_test import SHRINK
 
@@ -14,11 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location(
-        "overthinking_bench", os.path.join(ROOT, "tools", "overthinking_bench.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return fixtures.load_tool("overthinking_bench")
 
 
 def _run(acc, tokens, steps, short=0.1):

@@ -1,7 +1,6 @@
 """Sampler: greedy parity with transformers, log-probs, sampling filters, mesh, bucketing."""
 
 import dataclasses
-import importlib.util
 import json
 import os
 import shutil
@@ -151,10 +150,7 @@ def test_generate_tool(tmp_path, qwen3_tokenizer_dir):
     save_tiny_hf_model(str(tmp_path), vocab_size=151_936, hidden_size=32, eos_token_id=151645)
     for name in os.listdir(qwen3_tokenizer_dir):
         shutil.copy(os.path.join(qwen3_tokenizer_dir, name), tmp_path)
-    spec = importlib.util.spec_from_file_location(
-        "generate", os.path.join(os.path.dirname(__file__), "..", "tools", "generate.py"))
-    generate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generate)
+    generate = fixtures.load_tool("generate")
     out = tmp_path / "out.json"
     args = ["--model_dir", str(tmp_path), "--num_samples", "2", "--max_new_tokens", "12",
             "--dtype", "float32", "--json", str(out)]
