@@ -6,7 +6,7 @@ import re
 import jax
 import numpy as np
 import pytest
-from sampling_test import TINY, biased_params
+from sampling_fixtures import TINY, biased_params
 
 from stepgrpo_jax import sampling, tokenizer
 from stepgrpo_jax.sampling.steps import DEAD, OUT
