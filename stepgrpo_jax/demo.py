@@ -138,6 +138,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             json.dump(summary, f, indent=2)
         plot_summary(summary, os.path.join(workdir, "summary.png"))
         print(format_summary(summary))
+        print(f"summary in {workdir}/summary.json, plot in {workdir}/summary.png")
     return summary
 
 

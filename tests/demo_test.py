@@ -39,6 +39,7 @@ def test_demo_runs_end_to_end(tmp_path):
         assert set(summary["by_difficulty"][when]) == {"1", "2", "3"}
     assert "warm start" in out.stdout and "Step-GRPO" in out.stdout
     assert "d=3 accuracy" in out.stdout  # Before/after by difficulty.
+    assert f"summary in {workdir}/summary.json, plot in {workdir}/summary.png" in out.stdout
     assert (workdir / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Both stages left their checkpoints and metrics.
     for stage in ("sft", "grpo"):
