@@ -14,6 +14,9 @@ import pytest
 from configs import step_grpo
 from stepgrpo_jax import parallel
 
+# One worker compiles them all: `_compile` caches the three programs in its process.
+pytestmark = pytest.mark.xdist_group("aot")
+
 
 @pytest.fixture(scope="module")
 def aot():

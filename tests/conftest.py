@@ -16,3 +16,9 @@ def qwen3_tokenizer_dir() -> str:
     from stepgrpo_jax import tokenizer
 
     return tokenizer.cached_qwen3_tokenizer()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow end-to-end tests first: with `-n 2` the long ones then run beside the many short
+    ones instead of after them."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
