@@ -9,6 +9,7 @@ padding under 2%) and byte counts are compared to 2%.
 import functools
 
 import fixtures
+import jax
 import pytest
 
 from configs import step_grpo
@@ -20,7 +21,12 @@ pytestmark = pytest.mark.xdist_group("aot")
 
 @pytest.fixture(scope="module")
 def aot():
-    return fixtures.load_tool("aot_compile")
+    # Executables for abstract TPU devices cannot be loaded back from the persistent
+    # compilation cache the tests share (conftest.py): none is written to it.
+    min_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1e9)
+    yield fixtures.load_tool("aot_compile")
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_seconds)
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +34,14 @@ def topo(aot):
     return aot.get_topology("v5p:2x2x1")
 
 
-@functools.cache
 def _compile(aot, topo, mesh=(1, -1, 1), prompts=16):
-    """The run and the compiled update of a 4M-parameter model: [rows, 256 tokens] batches."""
+    """The run and the compiled update of a 4M-parameter model: [rows, 256 tokens] batches,
+    compiled once per (mesh, prompts) in this process."""
+    return _compile_once(aot, topo, mesh, prompts)
+
+
+@functools.cache
+def _compile_once(aot, topo, mesh, prompts):
     c = step_grpo.get_config("runlocal")
     c.model.overrides.update(vocab_size=4096, embed_dim=256, mlp_dim=512, num_heads=8,
                              num_kv_heads=8, head_dim=128)

@@ -1,7 +1,17 @@
 """Test set-up: 8 simulated CPU devices (set before JAX starts) and shared fixtures."""
 
 import os
+import shutil
+import tempfile
 
+# One persistent compilation cache for the session, shared by the xdist workers and every
+# subprocess they start (they inherit the environment): the end-to-end tests run the same tiny
+# programs in many fresh processes, and compiling them is most of their time.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="stepgrpo-jax-cache-")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -16,6 +26,11 @@ def qwen3_tokenizer_dir() -> str:
     from stepgrpo_jax import tokenizer
 
     return tokenizer.cached_qwen3_tokenizer()
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE and not hasattr(config, "workerinput"):  # The process that made it.
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
