@@ -98,7 +98,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         sampling.SamplerConfig.from_config(config, tok, evaluation=True), tables,
         config.eval.batch_size, mesh)
     results = {}
-    with grading.Grader(config.reward.grader_workers, config.reward.grader_timeout_s) as grader:
+    with grading.Grader(rewards.RewardConfig.from_config(config)) as grader:
         for path in files:
             source, _ = data.load_from_config(
                 config.data, [path], functools.partial(tokenizer.problem_prompt_lengths, tok),

@@ -17,12 +17,16 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import math_verify
 import math_verify.grader
 import numpy as np
 import pebble
 import sympy
+
+if TYPE_CHECKING:  # rewards builds on this module; only the type is needed here.
+    from stepgrpo_jax.rewards import RewardConfig
 
 THINK_START, THINK_END = "<think>", "</think>"
 
@@ -256,20 +260,19 @@ def _grade_one(match_fn: Callable[[str, Sequence[str]], bool], gold: str,
 class Grader:
     """A reusable pool of grading processes (`pebble.ProcessPool`) with a per-answer timeout.
 
-    A pathological answer (sympy can spin for minutes on `9^{9^{9^{9}}}`) has its worker killed
-    and replaced after `timeout_s`; it counts as wrong and in `GradeResult.timeouts`. An answer
-    whose worker died (killed for memory) is wrong too. Workers are spawned, not forked (the
+    `cfg.grader_workers` processes. A pathological answer (sympy can spin for minutes on
+    `9^{9^{9^{9}}}`) has its worker killed and replaced after `cfg.grader_timeout_s`; it counts
+    as wrong and in `GradeResult.timeouts`. An answer whose worker died (killed for memory) is
+    wrong too. Workers are spawned, not forked (the
     parent is a multithreaded JAX process), and warm up before their first answer, so start-up
     is never charged to an answer. `match_fn(gold, boxes) -> bool` must be a picklable
     module-level function.
     """
 
-    def __init__(self, num_workers: int | None = None, timeout_s: float = 5.0,
+    def __init__(self, cfg: RewardConfig,
                  match_fn: Callable[[str, Sequence[str]], bool] = answers_match):
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        self.num_workers = num_workers or min(8, os.cpu_count() or 1)
-        self.timeout_s = timeout_s
+        self.num_workers = cfg.grader_workers
+        self.timeout_s = cfg.grader_timeout_s
         self._match_fn = match_fn
         self._pool: pebble.ProcessPool | None = pebble.ProcessPool(
             self.num_workers, initializer=_warm_up,

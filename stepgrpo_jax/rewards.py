@@ -137,10 +137,15 @@ class RewardConfig:
     overlong: bool = False  # Adds DAPO's soft overlong punishment.
     overlong_cache_len: int = 4096  # Its soft band below overlong_max_len.
     overlong_max_len: int | None = None  # Its hard limit: the response budget.
+    grader_timeout_s: float = 5.0  # A slower answer counts as wrong (and is counted).
+    grader_workers: int = 2  # Grader processes (grading.Grader).
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown reward kind {self.kind!r}; expected one of {KINDS}")
+        if self.grader_timeout_s <= 0 or self.grader_workers < 1:
+            raise ValueError("need grader_timeout_s > 0 and grader_workers >= 1, got "
+                             f"{self.grader_timeout_s} and {self.grader_workers}")
         if self.overlong and not 0 < self.overlong_cache_len <= (self.overlong_max_len or 0):
             raise ValueError("overlong needs 0 < overlong_cache_len <= overlong_max_len, got "
                              f"{self.overlong_cache_len} and {self.overlong_max_len}")
@@ -152,7 +157,8 @@ class RewardConfig:
         r = config["reward"]
         return cls(kind=r["kind"], alpha=r["alpha"], beta=r["beta"], overlong=r["overlong"],
                    overlong_cache_len=r["overlong_cache_len"],
-                   overlong_max_len=config["sampling"]["max_new_tokens"])
+                   overlong_max_len=config["sampling"]["max_new_tokens"],
+                   grader_timeout_s=r["grader_timeout_s"], grader_workers=r["grader_workers"])
 
 
 def group_rewards(cfg: RewardConfig, correct: Any, formatted: Any, steps: Any,

@@ -160,7 +160,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     # ---- loop
     preemption = checkpoint.Preemption(ckpt)
-    grader = grading.Grader(config.reward.grader_workers, config.reward.grader_timeout_s)
+    grader = grading.Grader(rewards.RewardConfig.from_config(config))
     bar = tqdm(range(start, config.total_steps), initial=start, total=config.total_steps,
                disable=jax.process_index() != 0, desc=f"{config.reward.kind}")
     skipped_in_row, last = 0, {}

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from configs import eval as eval_config
-from stepgrpo_jax import data, grading
+from stepgrpo_jax import data, grading, rewards
 
 pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +33,7 @@ def bench_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def grader():
-    with grading.Grader(num_workers=2, timeout_s=10.0) as g:
+    with grading.Grader(rewards.RewardConfig(grader_workers=2, grader_timeout_s=10.0)) as g:
         yield g
 
 

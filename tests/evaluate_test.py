@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from stepgrpo_jax import data, evaluate, grading, sampling, tokenizer
+from stepgrpo_jax import data, evaluate, grading, rewards, sampling, tokenizer
 
 
 class ScriptedSampler:
@@ -36,7 +36,7 @@ class ScriptedSampler:
 
 @pytest.fixture(scope="module")
 def grader():
-    with grading.Grader(num_workers=1, timeout_s=20.0) as g:
+    with grading.Grader(rewards.RewardConfig(grader_workers=1, grader_timeout_s=20.0)) as g:
         yield g
 
 

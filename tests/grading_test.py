@@ -11,7 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from stepgrpo_jax import grading
+from stepgrpo_jax import grading, rewards
+
+
+def _cfg(workers: int, timeout_s: float = 5.0) -> rewards.RewardConfig:
+    return rewards.RewardConfig(grader_workers=workers, grader_timeout_s=timeout_s)
 
 
 def _hooked_match(gold: str, boxes) -> bool:
@@ -27,7 +31,7 @@ def _hooked_match(gold: str, boxes) -> bool:
 
 @pytest.fixture(scope="module")
 def hooked_grader():
-    with grading.Grader(num_workers=2, timeout_s=1.0, match_fn=_hooked_match) as g:
+    with grading.Grader(_cfg(2, 1.0), match_fn=_hooked_match) as g:
         g.wait_ready()  # so that the timings below measure grading only
         yield g
 
@@ -251,7 +255,7 @@ def test_crashed_worker_is_wrong_and_replaced(hooked_grader):
 def test_real_pathological_answer_is_cut_off():
     # sympy spins for minutes on this tower (math-verify 0.9); the pool must cut it off.
     t0 = time.monotonic()
-    with grading.Grader(num_workers=2, timeout_s=1.0) as grader:
+    with grading.Grader(_cfg(2, 1.0)) as grader:
         res = grader.grade(["1", r"\frac{1}{2}", "3"], [(r"9^{9^{9^{9}}}",), ("0.5",), ("3",)])
     np.testing.assert_array_equal(res.correct, [False, True, True])
     assert res.timeouts == 1
@@ -259,9 +263,11 @@ def test_real_pathological_answer_is_cut_off():
 
 
 def test_grade_validation():
-    with grading.Grader(num_workers=1) as grader, pytest.raises(ValueError, match="golds"):
+    with grading.Grader(_cfg(1)) as grader, pytest.raises(ValueError, match="golds"):
         grader.grade(["1"], [("1",), ("2",)])
     with pytest.raises(RuntimeError, match="closed"):
         grader.grade(["1"], [("1",)])
-    with pytest.raises(ValueError, match="timeout_s"):
-        grading.Grader(timeout_s=0)
+    with pytest.raises(ValueError, match="grader_timeout_s > 0"):
+        rewards.RewardConfig(grader_timeout_s=0)
+    with pytest.raises(ValueError, match="grader_workers >= 1"):
+        rewards.RewardConfig(grader_workers=0)

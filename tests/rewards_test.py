@@ -10,7 +10,7 @@ from stepgrpo_jax import grading, rewards
 
 @pytest.fixture(scope="module")
 def grader():
-    with grading.Grader(num_workers=2, timeout_s=10.0) as g:
+    with grading.Grader(rewards.RewardConfig(grader_workers=2, grader_timeout_s=10.0)) as g:
         yield g
 
 
