@@ -41,8 +41,9 @@ class Setup:
 # The paper's shapes: 512 prompts x G=5 = 2560 rows per step, 4 mini-batches of 640 rows, prompt
 # bucket 2048 + 16384 response tokens. A micro-batch holds 640 / microbatches rows, split over the
 # data x fsdp devices. TPU setups are compiled by tools/aot_compile.py; the comments give each
-# program's total per chip (docs/scale.md). GPU setups are sized by the same per-device
-# arithmetic (KV cache and activations per row) but not compiled.
+# program's total per chip (docs/scale.md). GPU setups are estimated on this CPU by
+# `--topology 8xh100`: the same shapes and shardings compiled by XLA:TPU on 8 v5p chips;
+# tools/gpu_bench.sh compiles them with XLA:GPU on a GPU.
 SETUPS: dict[tuple[str, str], Setup] = {
     ("1.7b", "gpu8"): Setup((1, 8, 1), 128, 80),
     ("4b", "gpu8"): Setup((1, 8, 1), 128, 80),
@@ -55,9 +56,10 @@ SETUPS: dict[tuple[str, str], Setup] = {
     ("8b", "v5p-64"): Setup((1, -1, 2), 64, 20),
     # Rollout 19.3 GB, update 19.6 GB of 32. 32 rows per host would need 33.4 GB.
     ("8b", "v6e-32"): Setup((1, -1, 2), 16, 40),
-    # Rollout 84.6 GB of 95; the update needs 86.8 GB, 1.3 GB over the 10% headroom (a row of
-    # 18k tokens per micro-batch is the least it can take): use v5p-64 for margin.
-    ("32b", "v5p-32"): Setup((1, -1, 4), 32, 160),
+    # Rollout 69.7 GB, log-probs 20.9 GB, update 52.6 GB of 95. The smallest v5p slice that
+    # holds 32B: on v5p-32 (1x4x4, 160 micro-batches, one row per batch shard) the update needs
+    # 86.8 GB, 1.3 GB over the 10% headroom.
+    ("32b", "v5p-64"): Setup((1, -1, 4), 32, 80),
 }
 PLATFORMS = tuple(sorted({platform for _, platform in SETUPS}))
 
@@ -76,8 +78,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.dtr.enabled = False
 
     if arg.runlocal:
-        # Qwen3's vocabulary (so a real Qwen3 tokenizer works) on a 2-layer model; a step takes
-        # seconds on a laptop CPU.
+        # Qwen3's vocabulary (so a real Qwen3 tokenizer works) on a 2-layer model. A step took
+        # about a minute on a shared 2-core CPU (the first 77 s, with its compiles), most of it
+        # the float32 LM head over the 151,936-token vocabulary in the update.
         c.model.overrides = ml_collections.ConfigDict(dict(
             embed_dim=64, mlp_dim=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16))
         c.model.dtype = "float32"  # bfloat16 is emulated, so slow, on CPU.
