@@ -36,6 +36,7 @@ class Setup:
     mesh: tuple[int, int, int]  # (data, fsdp, tensor); -1 takes the remaining devices.
     rollout_rows: int  # sampling.batch_size: rows per sampler call on each host (KV cache).
     microbatches: int  # grpo.num_microbatches: the update's micro-batches (activations).
+    rules: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # mesh.rules
 
 
 # The paper's shapes: 512 prompts x G=5 = 2560 rows per step, 4 mini-batches of 640 rows, prompt
@@ -48,17 +49,22 @@ SETUPS: dict[tuple[str, str], Setup] = {
     ("1.7b", "gpu8"): Setup((1, 8, 1), 128, 80),
     ("4b", "gpu8"): Setup((1, 8, 1), 128, 80),
     ("8b", "gpu8"): Setup((1, 4, 2), 64, 80),
-    # Rollout 56.1 GB, log-probs 9.7 GB, update 29.8 GB of 95.
+    # Rollout 57.4 GB, log-probs 9.7 GB, update 29.8 GB of 95.
     ("1.7b", "v5p-16"): Setup((1, -1, 1), 80, 20),
-    # Rollout 60.7 GB, log-probs 10.5 GB, update 28.0 GB of 95.
+    # Rollout 61.1 GB, log-probs 10.5 GB, update 28.0 GB of 95.
     ("4b", "v5p-32"): Setup((1, -1, 1), 64, 20),
     # Rollout 61.9 GB, log-probs 8.6 GB, update 29.8 GB of 95.
     ("8b", "v5p-64"): Setup((1, -1, 2), 64, 20),
-    # Rollout 19.3 GB, update 19.6 GB of 32. 32 rows per host would need 33.4 GB.
+    # Rollout 19.4 GB, log-probs 7.0 GB, update 19.6 GB of 32. 32 rows per host would need
+    # 33.4 GB.
     ("8b", "v6e-32"): Setup((1, -1, 2), 16, 40),
-    # Rollout 69.7 GB, log-probs 20.9 GB, update 52.6 GB of 95. The smallest v5p slice that
-    # holds 32B: on v5p-32 (1x4x4, 160 micro-batches, one row per batch shard) the update needs
-    # 86.8 GB, 1.3 GB over the 10% headroom.
+    # Rollout 62.4 GB, log-probs 38.6 GB, update 73.3 GB of 95. The smallest v5p slice for 32B,
+    # and only with the activations' sequence axis split over `tensor`: with the rules of the
+    # other setups the update needs 86.8 GB (one row per batch shard, the floor) and 32 rows
+    # per host 88.2 GB. The rule also moves queries and MLP units off `tensor`, so each layer
+    # gathers its weights over it; that cost is not measured yet (docs/scale.md).
+    ("32b", "v5p-32"): Setup((1, -1, 4), 16, 160, rules={"act_seq": ("tensor",)}),
+    # Rollout 69.7 GB, log-probs 20.9 GB, update 52.6 GB of 95: the tensor-parallel layout.
     ("32b", "v5p-64"): Setup((1, -1, 4), 32, 80),
 }
 PLATFORMS = tuple(sorted({platform for _, platform in SETUPS}))
@@ -108,6 +114,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                          f"platform={arg.platform}; it has one for {known}")
     setup = SETUPS[arg.size, arg.platform]
     c.mesh.shape = setup.mesh
+    c.mesh.rules.update(setup.rules)
     c.sampling.batch_size = setup.rollout_rows
     c.grpo.num_microbatches = setup.microbatches
     return c
