@@ -46,8 +46,11 @@ class Setup:
 # `--topology 8xh100`: the same shapes and shardings compiled by XLA:TPU on 8 v5p chips;
 # tools/gpu_bench.sh compiles them with XLA:GPU on a GPU.
 SETUPS: dict[tuple[str, str], Setup] = {
+    # Estimates (XLA:TPU's plan) of rollout 47.0 GB, log-probs 6.4 GB, update 14.9 GB of 80.
     ("1.7b", "gpu8"): Setup((1, 8, 1), 128, 80),
+    # Rollout 66.0 GB, log-probs 12.6 GB, update 28.3 GB of 80, estimated.
     ("4b", "gpu8"): Setup((1, 8, 1), 128, 80),
+    # Rollout 47.1 GB, log-probs 21.3 GB, update 57.0 GB of 80, estimated.
     ("8b", "gpu8"): Setup((1, 4, 2), 64, 80),
     # Rollout 57.4 GB, log-probs 9.7 GB, update 29.8 GB of 95.
     ("1.7b", "v5p-16"): Setup((1, -1, 1), 80, 20),
@@ -61,8 +64,9 @@ SETUPS: dict[tuple[str, str], Setup] = {
     # Rollout 62.4 GB, log-probs 38.6 GB, update 73.3 GB of 95. The smallest v5p slice for 32B,
     # and only with the activations' sequence axis split over `tensor`: with the rules of the
     # other setups the update needs 86.8 GB (one row per batch shard, the floor) and 32 rows
-    # per host 88.2 GB. The rule also moves queries and MLP units off `tensor`, so each layer
-    # gathers its weights over it; that cost is not measured yet (docs/scale.md).
+    # per host 88.2 GB. The rule also splits queries and MLP units by sequence rather than by
+    # head and unit, which costs collectives plain tensor parallelism does not; how much is
+    # not measured yet (docs/scale.md).
     ("32b", "v5p-32"): Setup((1, -1, 4), 16, 160, rules={"act_seq": ("tensor",)}),
     # Rollout 69.7 GB, log-probs 20.9 GB, update 52.6 GB of 95: the tensor-parallel layout.
     ("32b", "v5p-64"): Setup((1, -1, 4), 32, 80),
