@@ -36,28 +36,40 @@ class Setup:
     mesh: tuple[int, int, int]  # (data, fsdp, tensor); -1 takes the remaining devices.
     rollout_rows: int  # sampling.batch_size: rows per sampler call on each host (KV cache).
     microbatches: int  # grpo.num_microbatches: the update's micro-batches (activations).
+    rules: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # mesh.rules
 
 
 # The paper's shapes: 512 prompts x G=5 = 2560 rows per step, 4 mini-batches of 640 rows, prompt
 # bucket 2048 + 16384 response tokens. A micro-batch holds 640 / microbatches rows, split over the
 # data x fsdp devices. TPU setups are compiled by tools/aot_compile.py; the comments give each
-# program's total per chip (docs/scale.md). GPU setups are sized by the same per-device
-# arithmetic (KV cache and activations per row) but not compiled.
+# program's total per chip (docs/scale.md). GPU setups are estimated on this CPU by
+# `--topology 8xh100`: the same shapes and shardings compiled by XLA:TPU on 8 v5p chips;
+# tools/gpu_bench.sh compiles them with XLA:GPU on a GPU.
 SETUPS: dict[tuple[str, str], Setup] = {
+    # Estimates (XLA:TPU's plan) of rollout 47.0 GB, log-probs 6.4 GB, update 14.9 GB of 80.
     ("1.7b", "gpu8"): Setup((1, 8, 1), 128, 80),
+    # Rollout 66.0 GB, log-probs 12.6 GB, update 28.3 GB of 80, estimated.
     ("4b", "gpu8"): Setup((1, 8, 1), 128, 80),
+    # Rollout 47.1 GB, log-probs 21.3 GB, update 57.0 GB of 80, estimated.
     ("8b", "gpu8"): Setup((1, 4, 2), 64, 80),
-    # Rollout 56.1 GB, log-probs 9.7 GB, update 29.8 GB of 95.
+    # Rollout 57.4 GB, log-probs 9.7 GB, update 29.8 GB of 95.
     ("1.7b", "v5p-16"): Setup((1, -1, 1), 80, 20),
-    # Rollout 60.7 GB, log-probs 10.5 GB, update 28.0 GB of 95.
+    # Rollout 61.1 GB, log-probs 10.5 GB, update 28.0 GB of 95.
     ("4b", "v5p-32"): Setup((1, -1, 1), 64, 20),
     # Rollout 61.9 GB, log-probs 8.6 GB, update 29.8 GB of 95.
     ("8b", "v5p-64"): Setup((1, -1, 2), 64, 20),
-    # Rollout 19.3 GB, update 19.6 GB of 32. 32 rows per host would need 33.4 GB.
+    # Rollout 19.4 GB, log-probs 7.0 GB, update 19.6 GB of 32. 32 rows per host would need
+    # 33.4 GB.
     ("8b", "v6e-32"): Setup((1, -1, 2), 16, 40),
-    # Rollout 84.6 GB of 95; the update needs 86.8 GB, 1.3 GB over the 10% headroom (a row of
-    # 18k tokens per micro-batch is the least it can take): use v5p-64 for margin.
-    ("32b", "v5p-32"): Setup((1, -1, 4), 32, 160),
+    # Rollout 62.4 GB, log-probs 38.6 GB, update 73.3 GB of 95. The smallest v5p slice for 32B,
+    # and only with the activations' sequence axis split over `tensor`: with the rules of the
+    # other setups the update needs 86.8 GB (one row per batch shard, the floor) and 32 rows
+    # per host 88.2 GB. The rule also splits queries and MLP units by sequence rather than by
+    # head and unit, which costs collectives plain tensor parallelism does not; how much is
+    # not measured yet (docs/scale.md).
+    ("32b", "v5p-32"): Setup((1, -1, 4), 16, 160, rules={"act_seq": ("tensor",)}),
+    # Rollout 69.7 GB, log-probs 20.9 GB, update 52.6 GB of 95: the tensor-parallel layout.
+    ("32b", "v5p-64"): Setup((1, -1, 4), 32, 80),
 }
 PLATFORMS = tuple(sorted({platform for _, platform in SETUPS}))
 
@@ -76,8 +88,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.dtr.enabled = False
 
     if arg.runlocal:
-        # Qwen3's vocabulary (so a real Qwen3 tokenizer works) on a 2-layer model; a step takes
-        # seconds on a laptop CPU.
+        # Qwen3's vocabulary (so a real Qwen3 tokenizer works) on a 2-layer model. A step took
+        # about a minute on a shared 2-core CPU (the first 77 s, with its compiles), most of it
+        # the float32 LM head over the 151,936-token vocabulary in the update.
         c.model.overrides = ml_collections.ConfigDict(dict(
             embed_dim=64, mlp_dim=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16))
         c.model.dtype = "float32"  # bfloat16 is emulated, so slow, on CPU.
@@ -105,6 +118,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                          f"platform={arg.platform}; it has one for {known}")
     setup = SETUPS[arg.size, arg.platform]
     c.mesh.shape = setup.mesh
+    c.mesh.rules.update(setup.rules)
     c.sampling.batch_size = setup.rollout_rows
     c.grpo.num_microbatches = setup.microbatches
     return c

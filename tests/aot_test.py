@@ -62,6 +62,8 @@ def test_topologies_by_name(aot):
         assert (len(t.devices), t.hosts, t.chip.kind) == (chips, hosts, kind), name
     with pytest.raises(ValueError, match="v5p slices are v5p-N with N in"):
         aot.get_topology("v5p-6")
+    with pytest.raises(ValueError, match="--topology local: no chip entry for 'cpu'"):
+        aot.get_topology("local")  # This machine's CPU has no HBM to plan for.
 
 
 def test_peak_is_the_sum_of_the_state_and_batch(aot, topo):
@@ -90,3 +92,16 @@ def test_fsdp_divides_the_params(aot, topo):
     assert 3.99 < ratio <= 4  # Only the norm scales stay whole.
     # The batch is split over data x fsdp in both: only the state changed.
     assert r_rep["arguments"] / r_fsdp["arguments"] == pytest.approx(ratio, rel=0.02)
+
+
+def test_a_gpu_node_is_estimated_on_eight_tpu_chips(aot):
+    """8xh100: the same shapes and shardings over 8 TPU chips, judged against an H100's memory."""
+    gpu, tpu = aot.get_topology("8xh100"), aot.get_topology("v5p:2x2x2")
+    assert (len(gpu.devices), gpu.hosts, gpu.chip.hbm) == (8, 1, 80e9)
+    assert "proxy" in gpu.compiler and "proxy" not in tpu.compiler
+    _, on_gpu = _compile(aot, gpu)
+    _, on_tpu = _compile(aot, tpu)
+    for key in ("arguments", "outputs", "temporaries", "aliased", "resident", "total", "split"):
+        assert on_gpu[key] == on_tpu[key], key
+    assert (on_gpu["hbm"], on_tpu["hbm"]) == (80e9, 95e9)
+    assert on_gpu["fits"] == (on_gpu["total"] <= 0.9 * 80e9)

@@ -14,6 +14,7 @@ def test_every_setup_builds_with_the_papers_shapes(size, platform):
     assert tuple(c.mesh.shape) == setup.mesh
     assert c.sampling.batch_size == setup.rollout_rows
     assert c.grpo.num_microbatches == setup.microbatches
+    assert c.mesh.rules.to_dict() == setup.rules
     assert (c.grpo.prompts_per_step, c.grpo.group_size, c.sampling.max_new_tokens) == \
         (512, 5, 16384)
     assert max(c.sampling.prompt_buckets) == 2048

@@ -14,8 +14,12 @@ shardings) at the config's real shapes, through the trainer's own factories:
 Per program and device it prints the compiler's bytes (arguments, outputs, temporaries), the
 arrays of the loop that stay resident meanwhile (train state, reference params, the rollout
 batch), their total against the chip's HBM, the FLOPs and a roofline time (`model_costs`).
-`--topology 8xh100` (or 8xh200) estimates a GPU node: the XLA:TPU plan of the same shardings
-on 8 TPU chips, against the GPU's memory.
+GPU nodes cannot be compiled for without a GPU:
+  --topology 8xh100 (or 8xh200) estimates one on this CPU: the same shapes and shardings over 8
+            abstract TPU v5p chips, so params, optimizer, reference, batches and KV cache are
+            exact and the activations are XLA:TPU's plan, judged against the GPU's memory;
+  --topology local  compiles for this machine's own devices with their own compiler (XLA:GPU
+            on a GPU node, with JAX_PLATFORMS=cuda): tools/gpu_bench.sh checks the GPU setups so.
 """
 
 from __future__ import annotations
@@ -94,14 +98,28 @@ class Topology:
     chip: Chip
     devices: tuple
     hosts: int  # Processes of the job: `sampling.batch_size` is per host.
+    compiler: str  # Whose plan the numbers are, e.g. "XLA:TPU on 8 x TPU v5p (H100 SXM proxy)".
 
 
 def get_topology(name: str) -> Topology:
     """`v5p-64`, `v6e-32`, `v5e-16`, `v4-8` (Cloud TPU accelerator types), `v5p:2x2x1`
-    (family:shape) or `8xh100` / `8xh200` (a GPU node, estimated on 8 TPU v5p chips)."""
+    (family:shape), `8xh100` / `8xh200` (a GPU node, estimated on 8 TPU v5p chips) or `local`
+    (this machine's devices, H100 or H200 GPUs).
+
+    Raises ValueError for an unknown name or size, or local devices with no entry in CHIPS."""
     if name in ("8xh100", "8xh200"):
         proxy = get_topology("v5p:2x2x2")
-        return Topology(name, CHIPS[name[2:]], proxy.devices, hosts=1)
+        return Topology(name, CHIPS[name[2:]], proxy.devices, hosts=1,
+                        compiler=f"XLA:TPU on {len(proxy.devices)} x TPU v5p, as a proxy")
+    if name == "local":
+        devices = jax.devices()
+        kind = devices[0].device_kind  # e.g. "NVIDIA H100 80GB HBM3"
+        chip = next((CHIPS[k] for k in ("h100", "h200") if k in kind.lower()), None)
+        if chip is None:
+            raise ValueError(f"--topology local: no chip entry for {kind!r} (H100 and H200 "
+                             f"are known; TPU slices go by name, e.g. v5p-64)")
+        return Topology(name, chip, tuple(devices), jax.process_count(),
+                        compiler=f"XLA:{devices[0].platform.upper()}")
     family, sep, size = name.replace(":", "-", 1).partition("-")
     family = {"v5litepod": "v5e", "v5": "v5p"}.get(family, family)
     if family not in CHIPS or not sep or family.startswith("h"):
@@ -128,7 +146,8 @@ def get_topology(name: str) -> Topology:
         chip_config_name="megacore" if chip.cores_in_name == 2 else "default",
         chips_per_host_bounds=tuple(min(p, d) for p, d in zip(per_host, dims, strict=True)),
         num_slices=1, wrap=tuple(wrap)).devices
-    return Topology(name, chip, tuple(devices), len({d.process_index for d in devices}))
+    return Topology(name, chip, tuple(devices), len({d.process_index for d in devices}),
+                    compiler="XLA:TPU")
 
 
 # ----------------------------------------------------------------------------------- programs
@@ -345,7 +364,8 @@ def load_config(spec: str, overrides: list[str]):
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="configs/X.py[:args]")
-    parser.add_argument("--topology", required=True, help="e.g. v5p-64, v6e-32, v5p:2x2x1")
+    parser.add_argument("--topology", required=True,
+                        help="e.g. v5p-64, v6e-32, v5p:2x2x1, 8xh100, local")
     parser.add_argument("--programs", default=",".join(PROGRAMS))
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a config field, e.g. grpo.num_microbatches=10")
@@ -354,7 +374,8 @@ def main(argv=None) -> list[dict]:
     config = load_config(args.config, args.set)
     topo = get_topology(args.topology)
     print(f"{args.config} on {topo.name}: {len(topo.devices)} x {topo.chip.kind} "
-          f"({topo.hosts} hosts), mesh {tuple(config.mesh.shape)}")
+          f"({topo.hosts} hosts), mesh {tuple(config.mesh.shape)}; compiled by "
+          f"{topo.compiler}")
     with parallel.logical_rules(config.mesh.rules):
         run = Run.build(config, topo)
         results = []
@@ -368,8 +389,8 @@ def main(argv=None) -> list[dict]:
               f" = {sum(n * sec for n, sec in step.values()) / 60:.0f} min")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(config=args.config, topology=args.topology, results=results,
-                           step=step), f, indent=1)
+            json.dump(dict(config=args.config, topology=args.topology,
+                           compiler=topo.compiler, results=results, step=step), f, indent=1)
     return results
 
 
