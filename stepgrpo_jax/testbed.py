@@ -5,27 +5,32 @@ Difficulty d: d + 2 distinct terms from 1-9 ("What is 3+5+9?" is d = 1: 504 prob
 number is a single token, and the terms are distinct, so the next term of a sum is the one that
 follows the previous term in the prompt (an induction-head copy by value).
 
-A teacher trace (Qwen3 thinking format) has three parts:
+A teacher trace (Qwen3 thinking format) has these parts:
 - **The first attempt** states the sum at once: "The sum is 19." For a small model this is one
   prediction from all the terms, reliable for three terms and not for five. The teacher's own
   first attempt is also wrong (a near miss) with a chance that rises with difficulty
   (`first_slip_prob`: 0% at d = 1, 40% at d = 3), so the warm start learns a first attempt
   that is cheap and, on hard problems, unreliable.
+- **A commitment** in a fifth of the traces (`COMMIT`), whatever the first attempt: the
+  teacher states it as the final answer, "**Final Answer**\n\boxed{19}", and closes thinking
+  if it is right, or goes on to the careful check ("Wait") if it is wrong. This line is the
+  DTR probe's own text (`PROBE_PROMPT`, SPEC §3) at the first step boundary, so what the model
+  learns to write after it, `</think>` or "Wait", is the chance that its first attempt is
+  right: the probe's confidence there is calibrated (high for easy sums, low for hard ones)
+  rather than a copy of the stated sum, sure of itself whether right or not.
 - **The careful check**: "Wait, step by step: 3+5=8, +9=17, +2=19." Running sums, each a
   look-up from two tokens a fixed distance back, which a small model learns reliably.
   It does not look at the first attempt, so it corrects a wrong one without having to detect
   the error. It is *necessary* when the first attempt was wrong, *redundant* when it was right.
-  A tenth of the right first attempts close thinking at once instead (`EARLY_CLOSE`), as a DTR
-  exit at the first boundary would, so that the answer after such an exit is in-distribution.
 - **Re-checks** (0 to `MAX_RECHECKS` after the check), redundant: "Wait, double-check: sum=19. Yes."
 
 Then `\n**Final Answer**\n\boxed{19}\n</think>\n\nThe answer is \boxed{19}.<|im_end|>` (a fifth
-of the traces close with `EXIT_SUFFIX` alone, as after a DTR exit). The answer is always the
-check's sum. Steps are lines, so a step boundary follows "\n" and the DTR probe
-(`PROBE_PROMPT`, SPEC §3) reads exactly as the teacher's own closing: at the first boundary its
-confidence is the model's confidence in its first attempt, high for easy sums, low for hard
-ones. Forcing `</think>` there (`eval.exit_after_first_step`) measures what the later steps are
-worth.
+of the traces, commitments included, close with `EXIT_SUFFIX` alone, as after a DTR exit; such
+a commitment to a wrong first attempt has no box). The answer is always the check's sum, or
+the first attempt's where thinking closed after the commitment. Steps are
+lines, so a step boundary follows "\n" and the probe reads as the teacher's own closing.
+Forcing `</think>` at the first boundary (`eval.exit_after_first_step`) measures what the later
+steps are worth.
 """
 
 from __future__ import annotations
@@ -46,9 +51,9 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</t
 # An upper bound only: BPE runs out of pairs to merge (every word whole) below 400 tokens.
 MAX_VOCAB = 1024
 MAX_RECHECKS = 3  # Re-checks after the careful check: uniform in 0..MAX_RECHECKS.
-# Chance that a right first attempt closes thinking at once (as a DTR exit at the first step
-# boundary would): what the model writes after such an exit is then in-distribution.
-EARLY_CLOSE = 0.1
+# Chance that the first attempt is committed to as the final answer (the probe's own text), to
+# close thinking if right (as a DTR exit at the first step boundary would) or go on to the check.
+COMMIT = 0.2
 PLAIN_CLOSE = 0.2  # Chance that thinking ends with EXIT_SUFFIX alone, as after a DTR early exit.
 
 _PROBLEM = re.compile(r"What is (\d+(?:\+\d+)+)\?")
@@ -140,13 +145,19 @@ def make_trace(problem: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     sums = [sum(terms[:i + 1]) for i in range(len(terms))]
     chain = f"{terms[0]}" + ", ".join(f"+{y}={s}" for y, s in zip(terms[1:], sums[1:], strict=True))
     parts = ["<think>\n", f"The sum is {first}.\n"]
+    commit = rng.random() < COMMIT
+    plain = rng.random() < PLAIN_CLOSE  # Thinking closes with EXIT_SUFFIX alone, no box.
     checks = []
-    if not (first_correct and rng.random() < EARLY_CLOSE):
+    if not (commit and first_correct):  # Else thinking closes right after the first attempt.
+        if commit and not plain:  # The box of a wrong first attempt, then the check.
+            parts.append(_final(first))
         checks = [_CHECK.format(chain=chain)]
-        checks += [r.format(s=answer) for r in rng.sample(_RECHECKS, rng.randint(0, MAX_RECHECKS))]
+        checks += [r.format(s=answer)
+                   for r in rng.sample(_RECHECKS, rng.randint(0, MAX_RECHECKS))]
+        plain = rng.random() < PLAIN_CLOSE
     parts += [check + "\n" for check in checks]
-    close = EXIT_SUFFIX if rng.random() < PLAIN_CLOSE else _final(answer) + EXIT_SUFFIX[1:]
-    parts += [close, f"The answer is \\boxed{{{answer}}}.<|im_end|>"]
+    parts += [EXIT_SUFFIX if plain else _final(answer) + EXIT_SUFFIX[1:],
+              f"The answer is \\boxed{{{answer}}}.<|im_end|>"]
     necessary = int(not first_correct)
     return {"response": "".join(parts), "steps": 1 + len(checks), "necessary": necessary,
             "redundant": len(checks) - necessary, "first_correct": first_correct}

@@ -105,26 +105,46 @@ def test_trace_step_counts_and_answers(rows):
 
 
 def test_the_check_recomputes_and_the_answer_follows_it(rows):
-    """The second line recomputes the sum as running sums, whatever the first attempt said;
+    """The check recomputes the sum as running sums, whatever the first attempt said;
     re-checks restate the checked sum, which is the final answer. Only after a right first
     attempt may thinking close at once."""
-    early = 0
     for r in rows:
         terms = testbed.terms_of(r["problem"])
-        lines = r["response"].split("\n")
+        thinking = _thinking(r["response"])
         if r["steps"] == 1:
-            assert r["first_correct"] and lines[2] in ("", "**Final Answer**"), r["response"]
-            early += 1
+            assert r["first_correct"] and "Wait" not in thinking, r["response"]
             continue
+        lines = thinking[thinking.index("Wait"):].split("\n")
         sums = [sum(terms[:i + 1]) for i in range(1, len(terms))]
         chain = f"{terms[0]}" + ", ".join(f"+{y}={z}" for y, z in zip(terms[1:], sums,
                                                                         strict=True))
-        assert lines[2] == f"Wait, step by step: {chain}."
-        rechecks = [line for line in lines[3:] if line.startswith("Wait")]
+        assert lines[0] == f"Wait, step by step: {chain}."
+        rechecks = [line for line in lines[1:] if line.startswith("Wait")]
         assert len(rechecks) == r["steps"] - 2 <= testbed.MAX_RECHECKS
         assert all(re.findall(r"\d+", line) == [r["answer"]] for line in rechecks)
-    right = sum(r["first_correct"] for r in rows)
-    assert abs(early / right - testbed.EARLY_CLOSE) < 0.02
+
+
+def test_commitment_closes_thinking_as_often_as_the_first_attempt_is_right(rows):
+    """After the first attempt stated as the final answer (the probe's own text), thinking
+    closes exactly when that attempt is right: what follows the box is calibrated, by
+    difficulty, to the first attempt's chance of being right."""
+    for d in ALL_DIFFICULTIES:
+        closes = []
+        for r in (r for r in rows if r["difficulty"] == d):
+            first = testbed.first_answer(r["response"])
+            commitment = f"The sum is {first}.\n{testbed.PROBE_PROMPT}{{{first}}}\n"
+            if commitment in r["response"]:
+                after = r["response"].split(commitment, 1)[1]
+                assert after.startswith(("</think>", "Wait, step by step")), r["response"]
+                assert after.startswith("</think>") == r["first_correct"]
+                closes.append(after.startswith("</think>"))
+        share = len(closes) / sum(r["difficulty"] == d for r in rows)
+        expected = testbed.COMMIT * (1 - testbed.PLAIN_CLOSE)
+        assert abs(share - expected) < 0.05, (d, share)
+        assert abs(sum(closes) / len(closes) - (1 - testbed.first_slip_prob(d))) < 0.1, d
+    right = [r for r in rows if r["first_correct"]]
+    early = sum(r["steps"] == 1 for r in right) / len(right)
+    assert abs(early - testbed.COMMIT) < 0.02
 
 
 def test_first_attempt_fails_more_often_when_harder(rows):
@@ -139,7 +159,8 @@ def test_redundant_habit(rows):
     assert set(counts) == set(range(testbed.MAX_RECHECKS + 1))
     assert min(counts.values()) > len(checked) / (testbed.MAX_RECHECKS + 1) * 0.8
     right_first = [r["redundant"] for r in rows if r["first_correct"]]
-    assert sum(right_first) / len(right_first) > 2.0  # 0.9 x (1 + 1.5) expected.
+    expected = (1 - testbed.COMMIT) * (1 + testbed.MAX_RECHECKS / 2)
+    assert abs(sum(right_first) / len(right_first) - expected) < 0.1
 
 
 def test_probe_is_in_distribution(rows):
