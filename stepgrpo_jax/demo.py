@@ -53,12 +53,12 @@ def warm_start(config: ml_collections.ConfigDict, paths: dict[str, str], workdir
                  **{"data.train_files": (paths["sft"],), "data.response": "response",
                     "optim.learning_rate": d.sft_learning_rate, "optim.schedule": "cosine",
                     "optim.warmup_steps": d.sft_warmup_steps, "eval.files": ()})
-    sft.train(c, workdir)
+    _finished(sft.train(c, workdir), c, "warm start")
     if d.sft_more_steps:
         c = override(c, model_dir=os.path.join(workdir, "checkpoints"), seed=config.seed + 1,
                      total_steps=d.sft_more_steps,
                      **{"optim.learning_rate": d.sft_more_learning_rate})
-        sft.train(c, os.path.join(workdir, "more"))
+        _finished(sft.train(c, os.path.join(workdir, "more")), c, "second warm start")
     return warm_start_dir(config, workdir)
 
 
@@ -117,8 +117,16 @@ def reinforce(config: ml_collections.ConfigDict, start_dir: str, paths: dict[str
     """GRPO training (the variant of `config.reward.kind` / `config.dtr`) from `start_dir`."""
     c = override(config, mode="grpo", model_dir=start_dir, tokenizer_dir=paths["tokenizer"],
               **{"data.train_files": (paths["train"],), "eval.files": ()})
-    trainer.train(c, workdir)
+    _finished(trainer.train(c, workdir), c, "GRPO")
     return os.path.join(workdir, "checkpoints")
+
+
+def _finished(result: dict[str, Any], config: ml_collections.ConfigDict, stage: str) -> None:
+    """Stops the process when a stage was preempted (saved before `total_steps`), so that no
+    later stage measures or caches a partial model; the same command resumes it."""
+    if result["step"] < config.total_steps:
+        raise SystemExit(f"{stage} preempted at step {result['step']} of {config.total_steps} "
+                         "(saved); run the same command again to resume")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -66,7 +66,10 @@ def encode_rows(tok, problems: list[data.Problem], max_len: int, bucket: int = 6
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains `config.total_steps` steps of `config.sft.batch_size` rows; resumes from workdir."""
+    """Trains `config.total_steps` steps of `config.sft.batch_size` rows; resumes from workdir.
+
+    Returns what `trainer.train` returns; `step` < `config.total_steps` means preempted.
+    """
     # ---- mesh, model, tokenizer, data
     mesh = parallel.make_mesh(config.mesh.shape)
     tok = tokenizer.load(config.tokenizer_dir or config.model_dir)
@@ -91,6 +94,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # initial model (config.model_dir), else the random init.
     ckpt = checkpoint.Checkpoints.from_config(config.ckpt, workdir)
     state, start, position = checkpoint.restore_train_state(ckpt, state, model_cfg)
+    done = start  # The last step trained; below total_steps when preempted.
     stream = data.PromptStream(source, config.seed, config.data.shuffle, position)
     writer = MetricsWriter(workdir, config.log.tensorboard)
     writer.truncate_after(start)  # A resumed run rewrites the steps it repeats.
@@ -125,4 +129,4 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         writer.close()
     if jax.process_index() == 0:
         print(f"checkpoints in {ckpt.directory}, {writer.where()}")
-    return {"state": state, "model_config": model_cfg, "last_metrics": last}
+    return {"state": state, "model_config": model_cfg, "last_metrics": last, "step": done}

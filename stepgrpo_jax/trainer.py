@@ -92,7 +92,11 @@ def update_metrics(per_minibatch: list[dict[str, jax.Array]]) -> dict[str, float
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Runs GRPO training to `config.total_steps`, resuming from `workdir`."""
+    """Runs GRPO training to `config.total_steps`, resuming from `workdir`.
+
+    Returns the final `state`, `model_config`, `last_metrics` and `step`, the last step trained:
+    below `config.total_steps` when the run was preempted (saved, to be resumed).
+    """
     _check_workdir(workdir)
     # ---- mesh, model, tokenizer
     mesh = parallel.make_mesh(config.mesh.shape)
@@ -154,6 +158,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # checkpoint of ours), else the random init. The KL reference stays the initial model.
     ckpt = checkpoint.Checkpoints.from_config(config.ckpt, workdir)
     state, start, position = checkpoint.restore_train_state(ckpt, state, model_cfg)
+    done = start  # The last step trained; below total_steps when preempted.
     stream = data.PromptStream(source, config.seed, config.data.shuffle, position)
     writer = MetricsWriter(workdir, config.log.tensorboard)
     writer.truncate_after(start)  # A resumed run rewrites the steps it repeats.
@@ -210,7 +215,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         writer.close()
     if jax.process_index() == 0:
         print(f"checkpoints in {ckpt.directory}, {writer.where()}")
-    return {"state": state, "model_config": model_cfg, "last_metrics": last}
+    return {"state": state, "model_config": model_cfg, "last_metrics": last, "step": done}
 
 
 def rollout(config: ml_collections.ConfigDict, sampler: sampling.Engine | sampling.Sampler,

@@ -45,3 +45,18 @@ def test_demo_runs_end_to_end(tmp_path):
     for stage in ("sft", "grpo"):
         assert (workdir / stage / "metrics.jsonl").exists()
         assert os.listdir(workdir / stage / "checkpoints")
+
+
+def test_a_preempted_stage_stops_the_demo(monkeypatch, tmp_path):
+    """A stage saved before its last step (preempted) must not be measured as if finished:
+    the benchmark would cache the partial model's result."""
+    from configs import demo as demo_config
+    from stepgrpo_jax import demo, trainer
+
+    config = demo_config.get_config()
+    monkeypatch.setattr(trainer, "train", lambda c, w: {"step": c.total_steps - 1})
+    paths = {"tokenizer": "t", "train": "x.jsonl"}
+    with pytest.raises(SystemExit, match=f"GRPO preempted at step {config.total_steps - 1} of"):
+        demo.reinforce(config, "ckpt", paths, str(tmp_path))
+    monkeypatch.setattr(trainer, "train", lambda c, w: {"step": c.total_steps})
+    assert demo.reinforce(config, "ckpt", paths, str(tmp_path)) == f"{tmp_path}/checkpoints"
