@@ -88,29 +88,30 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError("configs/step_grpo.py: runlocal and cpu_real are two different CPU runs; "
                          "give one")
     if arg.cpu_real:
-        # Measured on Qwen2.5-Coder-0.5B-Instruct (docs/real-models.md): its greedy GSM8K
-        # answers take ~280 tokens; an update costs ~10 forward-equivalents per token (old
-        # log-probs, remat, backward), so 8 rows of 128 + 256 tokens are minutes a step.
+        # Sized from Qwen2.5-Coder-0.5B-Instruct (docs/real-models.md): its greedy GSM8K
+        # answers take ~280 tokens, and an update costs about five forwards per token (old
+        # log-probs, forward, remat, backward); one group of 4 rows of 128 + 256 tokens took
+        # 2.6-3.4 minutes a step on a 2-core CPU at load 2-6.
         c.data.train_files = (os.path.join(arg.dir,
                                            f"{eval_presets.BENCHES['gsm8k_train']}.jsonl"),)
         c.data.problem, c.data.answer = "problem", "answer"  # The prepared files' layout.
         c.model.dtype = "float32"  # bfloat16 is emulated, so slow, on CPU.
         c.sampling.cache_dtype = "float32"
         c.mesh.shape = (1, -1, 1)
-        c.total_steps = 4
+        c.total_steps = 2
         # 88% of GSM8K prompts (Qwen2.5's template, system turn included) fit in 128 tokens,
         # all in 256.
         c.sampling.prompt_buckets = (128, 256)
         c.sampling.max_new_tokens = 256
-        c.sampling.batch_size = 8
+        c.sampling.batch_size = 4
         c.grpo.group_size = 4
-        c.grpo.prompts_per_step = 2
+        c.grpo.prompts_per_step = 1
         c.grpo.num_minibatches = 1
         c.grpo.num_microbatches = 2
-        # The longest of 8 answers nearly always reaches the budget: one update shape, one
+        # The longest of 4 answers nearly always reaches the budget: one update shape, one
         # compile.
         c.grpo.response_bucket = 0
-        c.grpo.chunk_size = 64  # [4, 64, 151,936] float32 logits: 156 MB.
+        c.grpo.chunk_size = 64  # [2, 64, 151,936] float32 logits: 78 MB.
         # No reference model: 2.5 GB less (float32 params, grads and Adam's two moments are
         # already 10 GB), and a few steps cannot drift far from it.
         c.grpo.kl_coef = 0.0
