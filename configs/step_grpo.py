@@ -5,6 +5,8 @@ r"""Step-GRPO and its baselines with the paper's setup (SPEC §5) on DAPO-Math-1
   python main.py --config configs/step_grpo.py:size=4b,platform=gpu8,method=grpo_lp ...
   python main.py --config configs/step_grpo.py:runlocal --workdir /tmp/run \
       --config.tokenizer_dir=/models/Qwen3-8B --config.data.train_files=problems.jsonl
+  python main.py --config configs/step_grpo.py:method=grpo,cpu_real --workdir /tmp/run \
+      --config.model_dir=/tmp/qwen25
 
 Arguments (comma-separated; all optional):
   size      1.7b | 4b | 8b | 32b: the Qwen3 model (default 8b).
@@ -13,6 +15,10 @@ Arguments (comma-separated; all optional):
   method    step_grpo: the paper's method (step-aware reward + DTR); grpo: plain GRPO (accuracy
             reward, no DTR); grpo_lp: GRPO + the Kimi k1.5 length penalty (no DTR).
   runlocal  a tiny random-init model of the same family with short rollouts, on this CPU.
+  cpu_real  a small real model (config.model_dir, e.g. Qwen2.5-Coder-0.5B-Instruct) on GSM8K
+            train as tools/prepare_benchmarks.py writes it (folder `dir=`, default that of
+            configs/eval.py), in float32, a few steps on a 2-core CPU (docs/real-models.md).
+  dir       with cpu_real: the folder of the prepared benchmark files.
 
 TPU setups are compiled for their slice on a CPU, which tells whether they fit:
 `python tools/aot_compile.py --config configs/step_grpo.py:size=8b,platform=v5p-64
@@ -20,10 +26,12 @@ TPU setups are compiled for their slice on a CPU, which tells whether they fit:
 """
 
 import dataclasses
+import os
 
 import ml_collections
 
 from configs import common, default
+from configs import eval as eval_presets
 
 SIZES = ("1.7b", "4b", "8b", "32b")
 METHODS = ("step_grpo", "grpo", "grpo_lp")
@@ -77,7 +85,8 @@ PLATFORMS = tuple(sorted({platform for _, platform in SETUPS}))
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = common.parse_arg(arg, dict(size=SIZES, platform=PLATFORMS, method=METHODS),
                            source="configs/step_grpo.py", size="8b", platform="gpu8",
-                           method="step_grpo", runlocal=False)
+                           method="step_grpo", runlocal=False, cpu_real=False,
+                           dir=eval_presets.BENCH_DIR)
     c = default.get_config()
     c.model.preset = f"qwen3-{arg.size}"
     c.data.problem = "prompt.0.content"  # DAPO-Math-17k's parquet layout.
@@ -86,6 +95,42 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg.method != "step_grpo":  # The baselines: the same trainer without DTR.
         c.reward.kind = arg.method
         c.dtr.enabled = False
+
+    if arg.runlocal and arg.cpu_real:
+        raise ValueError("configs/step_grpo.py: runlocal and cpu_real are two different CPU runs; "
+                         "give one")
+    if arg.cpu_real:
+        # Sized from Qwen2.5-Coder-0.5B-Instruct (docs/real-models.md): its greedy GSM8K
+        # answers take ~280 tokens, and an update costs about five forwards per token (old
+        # log-probs, forward, remat, backward); one group of 4 rows of 128 + 256 tokens took
+        # 2.6-3.4 minutes a step on a 2-core CPU at load 2-6.
+        c.data.train_files = (os.path.join(arg.dir,
+                                           f"{eval_presets.BENCHES['gsm8k_train']}.jsonl"),)
+        c.data.problem, c.data.answer = "problem", "answer"  # The prepared files' layout.
+        c.model.dtype = "float32"  # bfloat16 is emulated, so slow, on CPU.
+        c.sampling.cache_dtype = "float32"
+        c.mesh.shape = (1, -1, 1)
+        c.total_steps = 2
+        # 88% of GSM8K prompts (Qwen2.5's template, system turn included) fit in 128 tokens,
+        # all in 256.
+        c.sampling.prompt_buckets = (128, 256)
+        c.sampling.max_new_tokens = 256
+        c.sampling.batch_size = 4
+        c.grpo.group_size = 4
+        c.grpo.prompts_per_step = 1
+        c.grpo.num_minibatches = 1
+        c.grpo.num_microbatches = 2
+        # The longest of 4 answers nearly always reaches the budget: one update shape, one
+        # compile.
+        c.grpo.response_bucket = 0
+        c.grpo.chunk_size = 64  # [2, 64, 151,936] float32 logits: 78 MB.
+        # No reference model: 2.5 GB less (float32 params, grads and Adam's two moments are
+        # already 10 GB), and a few steps cannot drift far from it.
+        c.grpo.kl_coef = 0.0
+        c.ckpt.every_steps = c.total_steps
+        c.ckpt.max_to_keep = 1
+        c.log.tensorboard = False
+        return c
 
     if arg.runlocal:
         # Qwen3's vocabulary (so a real Qwen3 tokenizer works) on a 2-layer model. A step took

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,10 +27,13 @@ def evaluate_problems(sampler: sampling.Engine | sampling.Sampler, params: Param
                       triggers: Sequence[str] = ("Wait",)) -> dict[str, Any]:
     """Samples k completions per problem (this host's share) and grades them.
 
-    Returns means over every sample of every problem on every host, and per-sample records.
+    Returns means over every sample of every problem on every host, per-sample records, and
+    this host's sampling wall time in seconds (compiles included).
     """
     prompts = [tokenizer.encode_problem(tok, p.problem) for p in problems]
+    t0 = time.perf_counter()
     out = sampler.rollout(params, prompts, num_samples, rng)
+    seconds = time.perf_counter() - t0
     rows = [(i, p) for i, p in enumerate(problems) for _ in range(num_samples)]
     texts = tok.batch_decode([out.completion(j) for j in range(len(rows))],
                              skip_special_tokens=False)
@@ -45,7 +49,7 @@ def evaluate_problems(sampler: sampling.Engine | sampling.Sampler, params: Param
     return {"accuracy": summary["correct"], "format_rate": summary["formatted"],
             "response_tokens_mean": summary["tokens"], "steps_mean": summary["steps"],
             "num_problems": len(problems) * jax.process_count(), "num_samples": num_samples,
-            "records": records}
+            "sampling_seconds": seconds, "records": records}
 
 
 def _global_mean(values: list[float]) -> float:

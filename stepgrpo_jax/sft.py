@@ -86,6 +86,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     rng = jax.random.key(config.seed)
     state = train_state.init_train_state(model_cfg, optimizer, mesh,
                                          rng=jax.random.fold_in(rng, 0), params=init_params)
+    # The state holds a copy: the loaded weights would otherwise stay alive for the whole run
+    # (a model's size: 2.5 GB for a 0.5B float32 model).
+    del init_params
     step_fn = train_state.make_train_step(
         functools.partial(sft_grads, model_cfg, chunk_size=config.grpo.chunk_size),
         model_cfg, optimizer, mesh)

@@ -45,24 +45,33 @@ def load(path: str) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
-def chat_prompt(user_text: str) -> str:
-    """One user turn in thinking mode, as Qwen3's official template writes it."""
+def chat_prompt(user_text: str, tok: PreTrainedTokenizerBase | None = None) -> str:
+    """One user turn and the opening of the assistant's, as text.
+
+    By `tok`'s own chat template when it has one, so each family gets the prompt it was tuned
+    on (Qwen2.5 adds its default system turn, Llama 3 its header tokens); otherwise, and
+    without `tok`, the layout of Qwen3's official template in thinking mode.
+    """
+    if tok is not None and tok.chat_template:
+        return tok.apply_chat_template([{"role": "user", "content": user_text}],
+                                       add_generation_prompt=True, tokenize=False)
     return f"<|im_start|>user\n{user_text}<|im_end|>\n<|im_start|>assistant\n"
 
 
-def problem_prompt(problem: str) -> str:
-    """The Step-GRPO training prompt of a math problem (SPEC §5)."""
-    return chat_prompt(problem + PROMPT_SUFFIX)
+def problem_prompt(problem: str, tok: PreTrainedTokenizerBase | None = None) -> str:
+    """The Step-GRPO prompt of a math problem (SPEC §5), templated as `chat_prompt` does."""
+    return chat_prompt(problem + PROMPT_SUFFIX, tok)
 
 
 def encode_problem(tokenizer: PreTrainedTokenizerBase, problem: str) -> list[int]:
-    return tokenizer.encode(problem_prompt(problem), add_special_tokens=False)
+    """Token ids of `problem_prompt(problem, tokenizer)` (the template carries any BOS)."""
+    return tokenizer.encode(problem_prompt(problem, tokenizer), add_special_tokens=False)
 
 
 def problem_prompt_lengths(tokenizer: PreTrainedTokenizerBase,
                            problems: Sequence[str]) -> list[int]:
     """len(encode_problem(tokenizer, p)) for every problem, in one batched call."""
-    prompts = [problem_prompt(p) for p in problems]
+    prompts = [problem_prompt(p, tokenizer) for p in problems]
     return [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
 
 

@@ -130,6 +130,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     rng = jax.random.key(config.seed)
     state = train_state.init_train_state(model_cfg, optimizer, mesh,
                                          rng=jax.random.fold_in(rng, 0), params=init_params)
+    # The state holds a copy: the loaded weights would otherwise stay alive for the whole run
+    # (a model's size: 2.5 GB for a 0.5B float32 model).
+    del init_params
     loss_cfg = grpo.LossConfig.from_config(config)
     ref_params = None
     if loss_cfg.kl_coef > 0:  # The frozen initial model; a copy, since the state is donated.

@@ -42,7 +42,21 @@ def test_runlocal_shrinks_to_a_cpu_run():
     assert logits < 1e9
 
 
+def test_cpu_real_trains_gsm8k_from_the_prepared_folder_within_memory():
+    c = step_grpo.get_config("method=grpo,cpu_real,dir=/data/bench")
+    assert tuple(c.data.train_files) == ("/data/bench/gsm8k_train.jsonl",)
+    assert (c.data.problem, c.data.answer, c.data.answer_format) == ("problem", "answer", "plain")
+    assert (c.reward.kind, c.dtr.enabled, c.model.dtype) == ("grpo", False, "float32")
+    rows = c.grpo.prompts_per_step * c.grpo.group_size
+    assert rows % c.sampling.batch_size == 0
+    micro = rows // c.grpo.num_minibatches // c.grpo.num_microbatches
+    assert micro * c.grpo.chunk_size * 151_936 * 4 < 0.5e9  # Qwen's vocabulary, float32 logits.
+    assert c.grpo.kl_coef == 0  # No reference model: 2.5 GB less for a 0.5B model.
+    assert c.ckpt.every_steps == c.total_steps  # The run ends with a checkpoint to export.
+
+
 @pytest.mark.parametrize("arg,message", [
+    ("runlocal,cpu_real", "runlocal and cpu_real are two different CPU runs"),
     ("sise=8b", "argument 'sise' in 'sise=8b' is unknown; valid arguments: size=1.7b|4b|8b|32b"),
     ("size=9b", "size='9b' in 'size=9b'; expected one of ['1.7b', '4b', '8b', '32b']"),
     ("method=ppo", "method='ppo'"),

@@ -43,6 +43,38 @@ def test_problem_prompt():
                            "within \\boxed{}.<|im_end|>\n<|im_start|>assistant\n")
 
 
+# Qwen2.5's template, cut to plain turns: a default system turn when the messages have none.
+QWEN25_TEMPLATE = (
+    "{%- if messages[0]['role'] != 'system' %}{{- '<|im_start|>system\\nYou are Qwen, created by "
+    "Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def test_problem_prompt_follows_the_tokenizers_own_template(qwen3_tokenizer_dir):
+    # A Qwen2.5 (or Llama 3) model is prompted the way it was tuned, system turn included, in
+    # evaluation and training alike.
+    tok = tokenizer.load(qwen3_tokenizer_dir)
+    tok.chat_template = QWEN25_TEMPLATE
+    expected = ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+                "assistant.<|im_end|>\n<|im_start|>user\nSolve x+1=2." + tokenizer.PROMPT_SUFFIX
+                + "<|im_end|>\n<|im_start|>assistant\n")
+    assert tokenizer.problem_prompt("Solve x+1=2.", tok) == expected
+    ids = tokenizer.encode_problem(tok, "Solve x+1=2.")
+    assert ids == tok.encode(expected, add_special_tokens=False)
+    assert tokenizer.problem_prompt_lengths(tok, ["Solve x+1=2.", "Hi"]) == [
+        len(ids), len(tokenizer.encode_problem(tok, "Hi"))]
+
+
+def test_problem_prompt_without_a_template_is_qwen3s_layout(qwen3_tokenizer_dir):
+    tok = tokenizer.load(qwen3_tokenizer_dir)
+    tok.chat_template = None
+    assert tokenizer.problem_prompt("Solve x+1=2.", tok) == tokenizer.problem_prompt("Solve x+1=2.")
+
+
 IM_END, ENDOFTEXT = 151645, 151643
 
 

@@ -9,7 +9,8 @@ give the same completions for the same `--seed`.
 
 `--model_dir` is an HF directory (Qwen3, Qwen2 or Llama) or a checkpoint directory of ours;
 the tokenizer comes from `--tokenizer_dir` (default: the model directory). A text prompt goes
-through the Qwen3 chat template unless `--raw`; `--prompt_ids` are used as they are.
+through the tokenizer's chat template (Qwen3's layout if it has none) unless `--raw`;
+`--prompt_ids` are used as they are.
 `--temperature 0` is greedy; `--top_k 0` and `--top_p 1` switch those filters off.
 JSON (`--json OUT`):
 {"prompt_ids": [...], "completions": [{"token_ids", "text", "logprobs", "step_count",
@@ -66,7 +67,7 @@ def prompt_ids(args: argparse.Namespace, tok, vocab_size: int) -> list[int]:
     if args.prompt_ids is not None:
         ids = args.prompt_ids
     else:
-        text = args.prompt if args.raw else tokenizer.chat_prompt(args.prompt)
+        text = args.prompt if args.raw else tokenizer.chat_prompt(args.prompt, tok)
         ids = tok.encode(text, add_special_tokens=False)
     if not ids:
         raise ValueError("the prompt has no tokens")
