@@ -25,7 +25,7 @@ import torch
 from absl import app, flags
 from transformers import AutoModelForCausalLM
 
-from stepgrpo_jax import data, grading, tokenizer
+from stepgrpo_jax import data, grading, rewards, tokenizer
 
 EVAL_DIR = flags.DEFINE_string("eval_dir", None, "Workdir of a greedy `mode=eval` run of ours.",
                                required=True)
@@ -80,8 +80,7 @@ def compare(eval_dir: str, batch: int) -> dict:
     summary = {"model_dir": model_dir, "max_new_tokens": max_new, "stop_ids": list(stops),
                "batch": batch, "torch_threads": torch.get_num_threads(), "benchmarks": {}}
     rows = {}
-    with grading.Grader(config["reward"]["grader_workers"],
-                        config["reward"]["grader_timeout_s"]) as grader:
+    with grading.Grader(rewards.RewardConfig.from_config(config)) as grader:
         for path in data.as_list(config["eval"]["files"]):
             name = os.path.splitext(os.path.basename(path))[0]
             ours = results["benchmarks"][name]["records"]
