@@ -13,6 +13,7 @@ benchmark can be extended arm by arm or seed by seed.
 """
 
 import json
+import math
 import os
 import statistics
 import sys
@@ -50,8 +51,8 @@ SFT = "warm start (SFT)"
 
 
 def spread(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    """Mean and sample standard deviation (NaN for a single value: no spread is known)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
 def summarize(runs: dict, base: dict) -> dict:
@@ -82,6 +83,8 @@ def targets(base: dict, first_step: dict) -> dict:
 
 def _pm(mean_sd: tuple[float, float], fmt: str, scale: float = 1.0) -> str:
     mean, sd = mean_sd
+    if math.isnan(sd):  # One seed.
+        return fmt.format(scale * mean)
     return f"{fmt.format(scale * mean)} ± {fmt.format(scale * sd)}"
 
 
