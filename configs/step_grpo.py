@@ -82,6 +82,15 @@ SETUPS: dict[tuple[str, str], Setup] = {
 PLATFORMS = tuple(sorted({platform for _, platform in SETUPS}))
 
 
+def _on_cpu(c: ml_collections.ConfigDict) -> None:
+    """What both CPU runs share: float32 (bfloat16 is emulated, so slow, on CPU), one mesh
+    axis, two steps."""
+    c.model.dtype = "float32"
+    c.sampling.cache_dtype = "float32"
+    c.mesh.shape = (1, -1, 1)
+    c.total_steps = 2
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = common.parse_arg(arg, dict(size=SIZES, platform=PLATFORMS, method=METHODS),
                            source="configs/step_grpo.py", size="8b", platform="gpu8",
@@ -107,10 +116,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.train_files = (os.path.join(arg.dir,
                                            f"{eval_presets.BENCHES['gsm8k_train']}.jsonl"),)
         c.data.problem, c.data.answer = "problem", "answer"  # The prepared files' layout.
-        c.model.dtype = "float32"  # bfloat16 is emulated, so slow, on CPU.
-        c.sampling.cache_dtype = "float32"
-        c.mesh.shape = (1, -1, 1)
-        c.total_steps = 2
+        _on_cpu(c)
         # 88% of GSM8K prompts (Qwen2.5's template, system turn included) fit in 128 tokens,
         # all in 256.
         c.sampling.prompt_buckets = (128, 256)
@@ -138,10 +144,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # the float32 LM head over the 151,936-token vocabulary in the update.
         c.model.overrides = ml_collections.ConfigDict(dict(
             embed_dim=64, mlp_dim=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16))
-        c.model.dtype = "float32"  # bfloat16 is emulated, so slow, on CPU.
-        c.sampling.cache_dtype = "float32"
-        c.mesh.shape = (1, -1, 1)
-        c.total_steps = 2
+        _on_cpu(c)
         c.sampling.prompt_buckets = (256, 512)
         c.sampling.max_new_tokens = 64
         c.sampling.batch_size = 20
