@@ -263,10 +263,9 @@ class Grader:
     `cfg.grader_workers` processes. A pathological answer (sympy can spin for minutes on
     `9^{9^{9^{9}}}`) has its worker killed and replaced after `cfg.grader_timeout_s`; it counts
     as wrong and in `GradeResult.timeouts`. An answer whose worker died (killed for memory) is
-    wrong too. Workers are spawned, not forked (the
-    parent is a multithreaded JAX process), and warm up before their first answer, so start-up
-    is never charged to an answer. `match_fn(gold, boxes) -> bool` must be a picklable
-    module-level function.
+    wrong too. Workers are spawned, not forked (the parent is a multithreaded JAX process), and
+    warm up before their first answer, so start-up is never charged to an answer.
+    `match_fn(gold, boxes) -> bool` must be a picklable module-level function.
     """
 
     def __init__(self, cfg: RewardConfig,
