@@ -5,8 +5,9 @@ completions of 8 chat prompts token for token, and the logits of every prompt + 
   python tools/hf_parity.py --hf_dir DIR [...]
 
 A GGUF is converted (as by `tools/import_gguf.py`) into a temporary directory first. Prompts
-are formatted by the model's own chat template; both sides stop at the same ids (the
-tokenizer's EOS and generation_config's). Prints the figures; `--json` also writes them.
+are formatted by the model's own chat template; both sides stop at the same ids
+(`tokenizer.stop_ids`: `<|im_end|>`, the tokenizer's EOS and generation_config's). Prints the
+figures; `--json` also writes them.
 """
 
 import json
@@ -40,22 +41,14 @@ PROMPTS = (
 )
 
 
-def stop_ids(tok, hf_model) -> tuple[int, ...]:
-    """The tokenizer's EOS and those of the model's generation_config."""
-    eos = hf_model.generation_config.eos_token_id
-    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-    return tuple(sorted({tok.eos_token_id, *eos} - {None}))
-
-
 def compare(model_dir: str, max_new_tokens: int) -> dict:
     tok = tokenizer.load(model_dir)
     cfg, params = hf.load_pretrained(model_dir, dtype=jnp.float32)
     hf_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    stops = stop_ids(tok, hf_model)
+    stops = tokenizer.stop_ids(tok, model_dir)
     pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
-    prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": p}],
-                                                  add_generation_prompt=True, tokenize=False),
-                          add_special_tokens=False) for p in PROMPTS]
+    prompts = [tok.encode(tokenizer.chat_prompt(p, tok), add_special_tokens=False)
+               for p in PROMPTS]
 
     t0 = time.perf_counter()
     scfg = sampling.SamplerConfig(
