@@ -5,7 +5,6 @@
       --config.optim.learning_rate=2e-6
 """
 
-import logging as std_logging
 import os
 import sys
 
@@ -13,7 +12,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from stepgrpo_jax import parallel
+from stepgrpo_jax import logs, parallel
 
 CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Experiment config file.",
                                          lock_config=True)
@@ -41,26 +40,10 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(f"FATAL: no such config field {e.args[0] if e.args else e}")
 
 
-class _DropCustomDataConfig(std_logging.Filter):
-    """TFDS warns that every prepared set of local files has a "custom data configuration":
-    always true here (the config names the files' fingerprint), so not worth a person's eye."""
-
-    def filter(self, record: std_logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Using custom data configuration")
-
-
-def quiet_logs(level: str) -> None:
-    """Only `level` and above from every library (absl: ours, Orbax, TFDS; Python logging)."""
-    logging.set_verbosity(level)
-    std_logging.getLogger().setLevel(level.upper())
-    if level not in ("debug", "info"):
-        logging.get_absl_logger().addFilter(_DropCustomDataConfig())
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    quiet_logs(LOG_LEVEL.value)
+    logs.quiet_logs(LOG_LEVEL.value)
     parallel.init_distributed(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
     config = CONFIG.value
     logging.info("config:\n%s", config)

@@ -17,7 +17,7 @@ Arguments (comma-separated; all optional):
   runlocal  a tiny random-init model of the same family with short rollouts, on this CPU.
   cpu_real  a small real model (config.model_dir, e.g. Qwen2.5-Coder-0.5B-Instruct) on GSM8K
             train as tools/prepare_benchmarks.py writes it (folder `dir=`, default that of
-            configs/eval.py), in float32, a few steps on a 2-core CPU (docs/real-models.md).
+            configs/eval.py), in float32, 10 steps (~20 min on 2 idle cores; docs/real-models.md).
   dir       with cpu_real: the folder of the prepared benchmark files.
 
 TPU setups are compiled for their slice on a CPU, which tells whether they fit:
@@ -84,11 +84,10 @@ PLATFORMS = tuple(sorted({platform for _, platform in SETUPS}))
 
 def _on_cpu(c: ml_collections.ConfigDict) -> None:
     """What both CPU runs share: float32 (bfloat16 is emulated, so slow, on CPU), one mesh
-    axis, two steps."""
+    axis."""
     c.model.dtype = "float32"
     c.sampling.cache_dtype = "float32"
     c.mesh.shape = (1, -1, 1)
-    c.total_steps = 2
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -112,11 +111,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Sized from Qwen2.5-Coder-0.5B-Instruct (docs/real-models.md): its greedy GSM8K
         # answers take ~280 tokens, and an update costs about five forwards per token (old
         # log-probs, forward, remat, backward); one group of 4 rows of 128 + 256 tokens took
-        # 2.6-3.4 minutes a step on a 2-core CPU at load 2-6.
+        # about two minutes a step on 2 idle cores (a 55 s rollout, a 55 s update), so 10
+        # steps and the start-up are about 20 minutes.
         c.data.train_files = (os.path.join(arg.dir,
                                            f"{eval_presets.BENCHES['gsm8k_train']}.jsonl"),)
         c.data.problem, c.data.answer = "problem", "answer"  # The prepared files' layout.
         _on_cpu(c)
+        c.total_steps = 10
         # 88% of GSM8K prompts (Qwen2.5's template, system turn included) fit in 128 tokens,
         # all in 256.
         c.sampling.prompt_buckets = (128, 256)
@@ -145,6 +146,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.overrides = ml_collections.ConfigDict(dict(
             embed_dim=64, mlp_dim=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16))
         _on_cpu(c)
+        c.total_steps = 2
         c.sampling.prompt_buckets = (256, 512)
         c.sampling.max_new_tokens = 64
         c.sampling.batch_size = 20

@@ -32,7 +32,7 @@ def evaluate_problems(sampler: sampling.Engine | sampling.Sampler, params: Param
     """
     prompts = [tokenizer.encode_problem(tok, p.problem) for p in problems]
     t0 = time.perf_counter()
-    out = sampler.rollout(params, prompts, num_samples, rng)
+    out = sampler.rollout(params, prompts, num_samples, rng, progress=True)
     seconds = time.perf_counter() - t0
     rows = [(i, p) for i, p in enumerate(problems) for _ in range(num_samples)]
     texts = tok.batch_decode([out.completion(j) for j in range(len(rows))],

@@ -9,6 +9,7 @@ import pytest
 from sampling_fixtures import DTR_CFG, DTR_PARAMS, DTR_TABLES, TINY, random_prompts
 
 from stepgrpo_jax import model, parallel, sampling
+from stepgrpo_jax.sampling import decode
 from stepgrpo_jax.sampling import engine as engine_lib
 
 FIELDS = ("tokens", "forced", "lengths", "step_counts", "num_probes", "exit_reasons",
@@ -53,18 +54,27 @@ def test_engine_equals_static_sampler(dtr, sampled, mesh_shape):
     assert got.prefill_tokens * G == want.prefill_tokens
 
 
-def test_completions_do_not_depend_on_the_pool():
+def test_completions_do_not_depend_on_the_pool(monkeypatch):
     """Pool sizes 1, 3 and 8 (more rows than requests) give the same completions, and so do
-    static calls of 4 rows (the last one padded)."""
+    static calls of 4 rows (the last one padded). A progress bar changes nothing and counts
+    every completion."""
+    bars, progress_bar = [], decode.progress_bar
+
+    def recorded_bar(total, enabled):
+        bars.append(progress_bar(total, enabled))
+        return bars[-1]
+
+    monkeypatch.setattr(decode, "progress_bar", recorded_bar)
     scfg = dataclasses.replace(DTR_CFG, **SAMPLED)
     prompts, rng = random_prompts(3, 3), jax.random.key(1)
-    outs = [sampling.Engine(TINY, scfg, DTR_TABLES, num_rows=b).rollout(DTR_PARAMS, prompts, 2,
-                                                                         rng)
-            for b in (1, 3, 8)]
+    outs = [sampling.Engine(TINY, scfg, DTR_TABLES, num_rows=b).rollout(
+        DTR_PARAMS, prompts, 2, rng, progress=b == 3) for b in (1, 3, 8)]
     static = sampling.Sampler(TINY, scfg, DTR_TABLES, rows=4)
-    outs.append(static.rollout(DTR_PARAMS, prompts, 2, rng))
+    outs.append(static.rollout(DTR_PARAMS, prompts, 2, rng, progress=True))
     for out in outs[1:]:
         assert_same_completions(out, outs[0])
+    shown = [(b.n, b.total) for b in bars if not b.disable]
+    assert shown == [(6, 6), (6, 6)] and len(bars) == 4
 
 
 def test_nothing_recompiles_after_warm_up(monkeypatch):

@@ -23,9 +23,10 @@ import time
 import numpy as np
 import torch
 from absl import app, flags
+from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
-from stepgrpo_jax import data, grading, rewards, tokenizer
+from stepgrpo_jax import data, grading, logs, rewards, tokenizer
 
 EVAL_DIR = flags.DEFINE_string("eval_dir", None, "Workdir of a greedy `mode=eval` run of ours.",
                                required=True)
@@ -56,7 +57,8 @@ def generate(hf_model, tok, prompts: list[list[int]], max_new_tokens: int,
     """Greedy completions, each cut after its first stop id (kept, as our sampler keeps it)."""
     pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
     out = []
-    for start in range(0, len(prompts), batch):
+    for start in tqdm(range(0, len(prompts), batch), desc="transformers generate",
+                      unit="batch", leave=False):
         chunk = prompts[start:start + batch]
         width = max(map(len, chunk))
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
@@ -125,6 +127,7 @@ def compare(eval_dir: str, batch: int) -> dict:
 
 def main(argv):
     del argv
+    logs.quiet_logs()
     if THREADS.value:
         torch.set_num_threads(THREADS.value)
     try:

@@ -7,7 +7,7 @@ transformers loads.
 
 from absl import app, flags
 
-from stepgrpo_jax import checkpoint, hf
+from stepgrpo_jax import checkpoint, hf, logs
 
 CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint directory.", required=True)
 STEP = flags.DEFINE_integer("step", None, "Step to export (default: the latest).")
@@ -20,6 +20,7 @@ SHARD_GB = flags.DEFINE_float("shard_gb", 2.0, "Maximum size of one safetensors 
 
 def main(argv):
     del argv
+    logs.quiet_logs()
     if not checkpoint.is_checkpoint_dir(CHECKPOINT.value):
         raise app.UsageError(f"--checkpoint {CHECKPOINT.value}: not a checkpoint directory "
                              "(expected step folders written by this project)")

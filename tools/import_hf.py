@@ -7,7 +7,7 @@ step 0.
 import jax
 from absl import app, flags
 
-from stepgrpo_jax import checkpoint, hf
+from stepgrpo_jax import checkpoint, hf, logs
 
 HF_DIR = flags.DEFINE_string("hf_dir", None, "HF model directory.", required=True)
 OUT = flags.DEFINE_string("out", None, "Checkpoint directory to create.", required=True)
@@ -18,6 +18,7 @@ STEP = flags.DEFINE_integer("step", 0, "Step number to save the params under.")
 
 def main(argv):
     del argv
+    logs.quiet_logs()
     cfg, params = hf.load_pretrained(HF_DIR.value, dtype=DTYPE.value)
     ckpt = checkpoint.Checkpoints(OUT.value, max_to_keep=None, async_save=False)
     ckpt.save(STEP.value, params, {"step": STEP.value,

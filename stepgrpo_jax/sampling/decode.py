@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
+from tqdm import tqdm
 
 from stepgrpo_jax import model, parallel
 from stepgrpo_jax.model import ModelConfig, Params
@@ -125,3 +126,9 @@ def to_host(x: jax.Array, mesh: Mesh | None) -> np.ndarray:
         return jax.device_get(x)
     spec = parallel.logical_to_spec(("act_batch",), mesh=mesh)
     return jax.device_get(multihost_utils.global_array_to_host_local_array(x, mesh, spec))
+
+
+def progress_bar(total: int, enabled: bool) -> tqdm:
+    """A bar of finished completions out of `total` (global), shown by process 0 only."""
+    return tqdm(total=total, desc="sampling", unit="completion", leave=False,
+                disable=not enabled or jax.process_index() != 0)

@@ -87,10 +87,11 @@ class Engine:
         self._start = jax.jit(functools.partial(_start, cfg, scfg), static_argnums=(1, 2, 3, 4))
 
     def rollout(self, params: Params, prompts: Sequence[Sequence[int]], group_size: int,
-                rng: jax.Array) -> SampleOutput:
+                rng: jax.Array, progress: bool = False) -> SampleOutput:
         """Completions of each of this process's prompts, `group_size` each, group-major: row
         g * group_size + s is sample s of prompt g. Its request id is its index in the global
-        queue (every process's rows in process order), as the static sampler's row index."""
+        queue (every process's rows in process order), as the static sampler's row index.
+        `progress` shows a bar of finished completions (global, on process 0)."""
         if not prompts or min(map(len, prompts)) == 0:
             raise ValueError("every prompt needs at least one token")
         G, B, scfg = group_size, self.num_rows, self.scfg
@@ -109,7 +110,9 @@ class Engine:
         with jax.set_mesh(self.mesh) if self.mesh else contextlib.nullcontext():
             pool, buffer, out = self._start(self.tables, B, T, N, P)
             done, next_request, prefilled = np.ones(B, bool), 0, 0
+            bar = decode.progress_bar(N, progress)
             while True:
+                bar.update(next_request - int((~done).sum()) - bar.n)
                 # Free rows take the next requests, in queue order.
                 rows = np.flatnonzero(done)[:N - next_request]
                 fill = np.zeros(B, bool)
@@ -131,6 +134,7 @@ class Engine:
                 pool, done = self._segment(params, self.tables, pool,
                                            self._put(np.bool_(next_request < N))[0])
                 done = jax.device_get(done.addressable_data(0))  # The one sync a segment.
+            bar.close()
             iterations = int(jax.device_get(pool.iterations.addressable_data(0)))
             result = {k: self._local(v, len(prompts) * G) for k, v in out.items()}
         return SampleOutput(**result, num_steps=iterations,

@@ -69,14 +69,15 @@ class Sampler:
                             prefill_tokens=ids.size)
 
     def rollout(self, params: Params, prompts: Sequence[Sequence[int]], group_size: int,
-                rng: jax.Array) -> SampleOutput:
+                rng: jax.Array, progress: bool = False) -> SampleOutput:
         """`Engine.rollout`'s completions (group-major, same request ids, so the same tokens)
         from calls of `self.rows` rows each; the last call is padded with repeats of its last
-        request, so that every call has one compiled shape."""
+        request, so that every call has one compiled shape. `progress` shows a bar."""
         requests = [p for p in prompts for _ in range(group_size)]
         rows = self.rows or len(requests)
         first = jax.process_index() * len(requests)  # The engine's global queue order.
         outs = []
+        bar = decode.progress_bar(len(requests) * jax.process_count(), progress)
         for start in range(0, len(requests), rows):
             chunk = requests[start:start + rows]
             ids = np.arange(start, start + len(chunk))
@@ -85,6 +86,8 @@ class Sampler:
                        first + np.concatenate([ids, ids[-1:].repeat(pad)]))
             outs.append(out if not pad else dataclasses.replace(
                 out, **{f: getattr(out, f)[:len(chunk)] for f in decode.PER_ROW}))
+            bar.update(len(chunk) * jax.process_count())
+        bar.close()
         return decode.concat(outs)
 
     def lower(self, params: Params, batch_size: int, prompt_len: int, rng: jax.Array
