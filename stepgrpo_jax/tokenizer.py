@@ -8,7 +8,7 @@ import json
 import os
 from collections.abc import Sequence
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import TikTokenConverter
 
 # Qwen3's 26 special tokens; they take ids 151643.. in this order after the 151,643 BPE ranks.
@@ -42,7 +42,13 @@ def load(path: str) -> PreTrainedTokenizerBase:
         raise ValueError("no tokenizer directory: set config.tokenizer_dir (or config.model_dir)")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no such tokenizer directory")
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if not os.path.exists(os.path.join(path, "tokenizer.json")):
+        raise FileNotFoundError(f"{path}: no tokenizer.json (the fast tokenizer file that "
+                                "Qwen2/3 and Llama 3 models ship)")
+    # The generic fast tokenizer reads tokenizer.json as each model's own class does (the same
+    # ids, special tokens and chat template: tests/tokenizer_test.py), without the ~1.7 s import
+    # of torch that AutoTokenizer's model registry costs every process.
+    return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
 
 
 def chat_prompt(user_text: str, tok: PreTrainedTokenizerBase | None = None) -> str:

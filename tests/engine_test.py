@@ -61,8 +61,8 @@ def test_completions_do_not_depend_on_the_pool(monkeypatch):
     bars, progress_bar = [], decode.progress_bar
 
     def recorded_bar(total, enabled):
-        bars.append(progress_bar(total, enabled))
-        return bars[-1]
+        bars.append((progress_bar(total, enabled), enabled))
+        return bars[-1][0]
 
     monkeypatch.setattr(decode, "progress_bar", recorded_bar)
     scfg = dataclasses.replace(DTR_CFG, **SAMPLED)
@@ -73,7 +73,7 @@ def test_completions_do_not_depend_on_the_pool(monkeypatch):
     outs.append(static.rollout(DTR_PARAMS, prompts, 2, rng, progress=True))
     for out in outs[1:]:
         assert_same_completions(out, outs[0])
-    shown = [(b.n, b.total) for b in bars if not b.disable]
+    shown = [(bar.n, bar.total) for bar, enabled in bars if enabled]
     assert shown == [(6, 6), (6, 6)] and len(bars) == 4
 
 

@@ -15,8 +15,8 @@ class ScriptedSampler:
     def __init__(self, tok, texts):
         self.tok, self.texts, self.calls = tok, list(texts), 0
 
-    def rollout(self, params, prompts, group_size, rng):
-        del params, rng
+    def rollout(self, params, prompts, group_size, rng, progress=False):
+        del params, rng, progress
         n = len(prompts) * group_size
         batch = [self.texts.pop(0) if self.texts else "" for _ in range(n)]
         ids = [self.tok.encode(t, add_special_tokens=False) for t in batch]

@@ -1,6 +1,9 @@
-"""The offline Qwen3 tokenizer build, the chat prompt and the stop ids."""
+"""The offline Qwen3 tokenizer build, loading, the chat prompt and the stop ids."""
 
 import json
+import shutil
+
+import pytest
 
 from stepgrpo_jax import tokenizer
 
@@ -95,3 +98,36 @@ def test_stop_ids_read_every_eos_of_the_generation_config(qwen3_tokenizer_dir, t
     assert tokenizer.stop_ids(tok, str(tmp_path)) == (ENDOFTEXT, IM_END, 151662)
     config.write_text(json.dumps({"eos_token_id": ENDOFTEXT}))
     assert tokenizer.stop_ids(tok, str(tmp_path)) == (ENDOFTEXT, IM_END)
+
+
+@pytest.mark.parametrize("tokenizer_class", ["Qwen2Tokenizer", "LlamaTokenizerFast",
+                                             "PreTrainedTokenizerFast"])
+def test_load_equals_the_model_class_that_autotokenizer_picks(qwen3_tokenizer_dir, tmp_path,
+                                                              tokenizer_class):
+    """What Qwen3 / Qwen2.5, R1-Distill-Qwen and Llama 3 name in tokenizer_config.json."""
+    from transformers import AutoTokenizer
+
+    folder = shutil.copytree(qwen3_tokenizer_dir, tmp_path / "tok")
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "tokenizer_class": tokenizer_class}))
+    ours = tokenizer.load(str(folder))
+    theirs = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    texts = ["What is 3+5+9? 12345 ünïcödé 中文 😀", "  tabs\t\tand\n\nnewlines",
+             "<think>\nWait, step by step: 3+5=8</think>\n\n\\boxed{19}<|im_end|>"]
+    for text in texts:
+        for special in (False, True):
+            assert ours.encode(text, add_special_tokens=special) == theirs.encode(
+                text, add_special_tokens=special)
+    turn = [{"role": "user", "content": "What is 2+2?"}]
+    assert ours.apply_chat_template(turn, add_generation_prompt=True, tokenize=False) == \
+        theirs.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+    assert (ours.eos_token_id, ours.pad_token_id, ours.all_special_ids) == (
+        theirs.eos_token_id, theirs.pad_token_id, theirs.all_special_ids)
+    assert ours.get_vocab() == theirs.get_vocab()
+
+
+def test_a_folder_without_tokenizer_json_is_named(tmp_path):
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path}: no tokenizer.json"):
+        tokenizer.load(str(tmp_path))
