@@ -13,6 +13,10 @@ if _OWN_CACHE:
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# One torch thread per process: the suite runs one xdist worker per core, and torch's OpenMP
+# threads spin while they wait, which on a busy core burns CPU the other worker needs (the
+# SmolLM2 parity test: 90 CPU-s with 2 threads, 75 with 1, the same wall time alone).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
