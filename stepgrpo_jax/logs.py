@@ -1,4 +1,4 @@
-"""What the libraries may print: `main.py` and the tools that read data through TFDS share it."""
+"""What the libraries may print: `main.py` and every command-line tool call `quiet_logs` first."""
 
 import logging as std_logging
 

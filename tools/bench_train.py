@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from stepgrpo_jax import grpo, model, parallel, train_state
+from stepgrpo_jax import grpo, logs, model, parallel, train_state
 
 PRESET = flags.DEFINE_string("preset", "", "Qwen3 preset (e.g. qwen3-1.7b); empty: a CPU size.")
 BATCH = flags.DEFINE_integer("batch", 8, "Sequences per update.")
@@ -53,6 +53,7 @@ def update_flops(cfg: model.ModelConfig, batch: int, seq: int) -> float:
 
 def main(argv):
     del argv
+    logs.quiet_logs()
     numerics = dict(dtype=DTYPE.value, param_dtype="float32", remat=REMAT.value)
     cfg = (model.preset(PRESET.value, **numerics) if PRESET.value
            else model.ModelConfig(**CPU_SIZE, **numerics))

@@ -21,7 +21,7 @@ import torch
 from absl import app, flags
 from transformers import AutoModelForCausalLM
 
-from stepgrpo_jax import hf, model, sampling, tokenizer
+from stepgrpo_jax import hf, logs, model, sampling, tokenizer
 
 GGUF = flags.DEFINE_string("gguf", None, "GGUF file of the model.")
 HF_DIR = flags.DEFINE_string("hf_dir", None, "HF directory of the model (instead of --gguf).")
@@ -97,6 +97,7 @@ def compare(model_dir: str, max_new_tokens: int) -> dict:
 
 def main(argv):
     del argv
+    logs.quiet_logs()
     if (GGUF.value is None) == (HF_DIR.value is None):
         raise app.UsageError("give exactly one of --gguf and --hf_dir")
     with tempfile.TemporaryDirectory() as tmp:

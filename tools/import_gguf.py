@@ -10,7 +10,7 @@ the GGUF, not as the model it was quantized from. Needs the `gguf` and `accelera
 
 from absl import app, flags
 
-from stepgrpo_jax import hf
+from stepgrpo_jax import hf, logs
 
 GGUF = flags.DEFINE_string("gguf", None, "GGUF file to convert.", required=True)
 OUT = flags.DEFINE_string("out", None, "HF directory to write.", required=True)
@@ -21,6 +21,7 @@ DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
 
 def main(argv):
     del argv
+    logs.quiet_logs()
     try:
         out = hf.gguf_to_hf_dir(GGUF.value, OUT.value, DTYPE.value)
         cfg = hf.read_config(out)

@@ -8,7 +8,7 @@ import json
 
 from absl import app, flags
 
-from stepgrpo_jax import testbed, tokenizer
+from stepgrpo_jax import logs, testbed, tokenizer
 
 OUT = flags.DEFINE_string("out", None, "Directory to write the testbed into.", required=True)
 SEED = flags.DEFINE_integer("seed", 0, "Seed of problems, traces and tokenizer.")
@@ -21,6 +21,7 @@ DIFFICULTIES = flags.DEFINE_list("difficulties", ["1", "2", "3"],
 
 def main(argv):
     del argv
+    logs.quiet_logs()
     paths = testbed.prepare(OUT.value, SEED.value, TRAIN.value, EVAL.value, SFT.value,
                             [int(d) for d in DIFFICULTIES.value])
     tok = tokenizer.load(paths["tokenizer"])

@@ -24,7 +24,7 @@ from ml_collections import config_flags
 # Config files import `configs.*`, which lives at the repository root.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from stepgrpo_jax import demo, parallel  # noqa: E402
+from stepgrpo_jax import demo, logs, parallel  # noqa: E402
 
 CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Testbed config.",
                                          lock_config=True)
@@ -245,6 +245,7 @@ def run(config, out: str, arms: list[str], seeds: list[int], budgets: list[int])
 
 def main(argv):
     del argv
+    logs.quiet_logs()
     arms = ARMS_FLAG.value or list(ARMS)
     unknown = set(arms) - set(ARMS)
     if unknown:

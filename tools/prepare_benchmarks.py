@@ -17,7 +17,7 @@ import os
 
 from absl import app, flags
 
-from stepgrpo_jax import data, grading
+from stepgrpo_jax import data, grading, logs
 
 DEFAULT_OUT = os.path.join(os.path.expanduser("~"), ".cache", "stepgrpo_jax", "benchmarks")
 OUT = flags.DEFINE_string("out", DEFAULT_OUT, "Directory to write the benchmark files into.")
@@ -74,6 +74,7 @@ def prepare(out_dir: str) -> dict[str, dict[str, int]]:
 
 def main(argv):
     del argv
+    logs.quiet_logs()
     for name, c in prepare(OUT.value).items():
         print(f"{os.path.join(OUT.value, name)}.jsonl: {c['rows']} rows"
               + (f" ({c['left_out']} without a boxed answer left out)" if c["left_out"] else ""))

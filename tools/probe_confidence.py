@@ -22,7 +22,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from stepgrpo_jax import checkpoint, tokenizer  # noqa: E402
+from stepgrpo_jax import checkpoint, logs, tokenizer  # noqa: E402
 from stepgrpo_jax.sampling.config import DTRConfig  # noqa: E402
 
 MODEL = flags.DEFINE_string("model", None, "Model or checkpoint directory.", required=True)
@@ -135,6 +135,7 @@ def probe_rows(model_dir: str, testbed_dir: str, min_prob: float) -> list[dict]:
 
 def main(argv):
     del argv
+    logs.quiet_logs()
     rows = probe_rows(MODEL.value, TESTBED.value, MIN_PROB.value)
     print(format_table(summarize(rows, THRESHOLD.value), THRESHOLD.value))
 
