@@ -9,6 +9,7 @@ complete, so a crash or a full disk never leaves a half-written step as the late
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -298,3 +299,23 @@ class Preemption:
     def close(self) -> None:
         if self.previous is not None:
             signal.signal(signal.SIGTERM, self.previous)
+
+
+@contextlib.contextmanager
+def training_run(ckpt: Checkpoints, writer, *closing):
+    """Around a training loop: yields its `Preemption` watcher. At the end, also on an error,
+    stops the watcher, closes `closing` (e.g. the grader pool), lets the last save land and
+    closes the manager and the metrics `writer`; after a normal end process 0 says where they
+    are."""
+    preemption = Preemption(ckpt)
+    try:
+        yield preemption
+    finally:
+        preemption.close()
+        for resource in closing:
+            resource.close()
+        ckpt.wait()
+        ckpt.close()
+        writer.close()
+    if jax.process_index() == 0:
+        print(f"checkpoints in {ckpt.directory}, {writer.where()}")

@@ -106,30 +106,24 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     last: dict[str, Any] = {}
     bar = tqdm(range(start, config.total_steps), initial=start, total=config.total_steps,
                disable=jax.process_index() != 0, desc="sft")
-    preemption = checkpoint.Preemption(ckpt)
     # As in trainer.py: device -> host copies in the loop are explicit.
-    try:
-        with jax.transfer_guard_device_to_host("disallow"):
-            for step in bar:
-                t0 = time.perf_counter()
-                local = encode_rows(tok, stream.take(rows_per_host), config.sft.max_seq_len)
-                state, m = step_fn(state, parallel.host_to_global(local, mesh))
-                done = step + 1
-                if step % config.log.every_steps == 0 or done == config.total_steps:
-                    m = {k: float(v) for k, v in jax.device_get(m).items()}
-                    tokens = parallel.process_sum(float(local["loss_mask"].sum()))
-                    m.update(tokens_per_second=tokens / (time.perf_counter() - t0),
-                             data_skipped_rows=len(skipped))
-                    last = writer.write(done, m)
-                    bar.set_postfix(loss=f"{m['loss']:.4f}")
-                if checkpoint.save_if_due(ckpt, preemption, done, config, state, model_cfg,
-                                          stream.position):
-                    break  # Preempted: saved, and every process stops here.
-    finally:
-        preemption.close()
-        ckpt.wait()
-        ckpt.close()
-        writer.close()
-    if jax.process_index() == 0:
-        print(f"checkpoints in {ckpt.directory}, {writer.where()}")
+    with (
+        checkpoint.training_run(ckpt, writer) as preemption,
+        jax.transfer_guard_device_to_host("disallow"),
+    ):
+        for step in bar:
+            t0 = time.perf_counter()
+            local = encode_rows(tok, stream.take(rows_per_host), config.sft.max_seq_len)
+            state, m = step_fn(state, parallel.host_to_global(local, mesh))
+            done = step + 1
+            if step % config.log.every_steps == 0 or done == config.total_steps:
+                m = {k: float(v) for k, v in jax.device_get(m).items()}
+                tokens = parallel.process_sum(float(local["loss_mask"].sum()))
+                m.update(tokens_per_second=tokens / (time.perf_counter() - t0),
+                         data_skipped_rows=len(skipped))
+                last = writer.write(done, m)
+                bar.set_postfix(loss=f"{m['loss']:.4f}")
+            if checkpoint.save_if_due(ckpt, preemption, done, config, state, model_cfg,
+                                      stream.position):
+                break  # Preempted: saved, and every process stops here.
     return {"state": state, "model_config": model_cfg, "last_metrics": last, "step": done}

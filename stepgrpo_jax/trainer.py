@@ -167,7 +167,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     writer.truncate_after(start)  # A resumed run rewrites the steps it repeats.
 
     # ---- loop
-    preemption = checkpoint.Preemption(ckpt)
     grader = grading.Grader(rewards.RewardConfig.from_config(config))
     bar = tqdm(range(start, config.total_steps), initial=start, total=config.total_steps,
                disable=jax.process_index() != 0, desc=f"{config.reward.kind}")
@@ -177,47 +176,41 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # np.asarray or float() of a device value, would stall the step unseen, so it is an error.
     # Host -> device is not guarded: jax counts building multi-process global arrays from host
     # rows (make_array_from_process_local_data) as implicit.
-    try:
-        with jax.transfer_guard_device_to_host("disallow"):
-            for step in bar:
-                done = step + 1
-                t0 = time.perf_counter()
-                problems = stream.take(prompts_per_host)
-                batch, m = rollout(config, sampler, tok, state.params, problems, grader,
-                                   jax.random.fold_in(rollout_rng, jax.device_put(step)))
-                t1 = time.perf_counter()
-                state, per_minibatch = grpo.train_on_rollout(
-                    update, logprobs, state, parallel.host_to_global(batch, mesh),
-                    config.grpo.num_minibatches, ref_params)
-                m.update(update_metrics(per_minibatch))  # Fetching them waits for the updates.
-                m.update(rollout_seconds=t1 - t0, update_seconds=time.perf_counter() - t1,
-                         tokens_per_second=m.pop("generated_tokens") / max(t1 - t0, 1e-9),
-                         data_skipped_rows=len(skipped_rows))
-                every = config.eval.every_steps
-                if eval_sampler and ((every and done % every == 0) or done == config.total_steps):
-                    result = evaluate.evaluate_problems(
-                        eval_sampler, state.params, tok, eval_problems, config.eval.num_samples,
-                        grader, eval_rng, triggers)
-                    m.update({f"eval_{k}": v for k, v in result.items() if k != "records"})
-                if step % config.log.every_steps == 0 or done == config.total_steps:
-                    last = writer.write(done, m)
-                    bar.set_postfix(reward=f"{m['reward_mean']:.3f}", acc=f"{m['acc_mean']:.2f}",
-                                    tokens=f"{m['response_tokens_mean']:.0f}")
-                skipped_in_row = skipped_in_row + 1 if m["skipped"] else 0
-                if skipped_in_row >= config.optim.max_skipped:
-                    raise FloatingPointError(f"{skipped_in_row} non-finite updates in a row at "
-                                             f"step {done}; last metrics: {m}")
-                if checkpoint.save_if_due(ckpt, preemption, done, config, state, model_cfg,
-                                          stream.position):
-                    break  # Preempted: saved, and every process stops here.
-    finally:
-        preemption.close()
-        grader.close()
-        ckpt.wait()
-        ckpt.close()
-        writer.close()
-    if jax.process_index() == 0:
-        print(f"checkpoints in {ckpt.directory}, {writer.where()}")
+    with (
+        checkpoint.training_run(ckpt, writer, grader) as preemption,
+        jax.transfer_guard_device_to_host("disallow"),
+    ):
+        for step in bar:
+            done = step + 1
+            t0 = time.perf_counter()
+            problems = stream.take(prompts_per_host)
+            batch, m = rollout(config, sampler, tok, state.params, problems, grader,
+                               jax.random.fold_in(rollout_rng, jax.device_put(step)))
+            t1 = time.perf_counter()
+            state, per_minibatch = grpo.train_on_rollout(
+                update, logprobs, state, parallel.host_to_global(batch, mesh),
+                config.grpo.num_minibatches, ref_params)
+            m.update(update_metrics(per_minibatch))  # Fetching them waits for the updates.
+            m.update(rollout_seconds=t1 - t0, update_seconds=time.perf_counter() - t1,
+                     tokens_per_second=m.pop("generated_tokens") / max(t1 - t0, 1e-9),
+                     data_skipped_rows=len(skipped_rows))
+            every = config.eval.every_steps
+            if eval_sampler and ((every and done % every == 0) or done == config.total_steps):
+                result = evaluate.evaluate_problems(
+                    eval_sampler, state.params, tok, eval_problems, config.eval.num_samples,
+                    grader, eval_rng, triggers)
+                m.update({f"eval_{k}": v for k, v in result.items() if k != "records"})
+            if step % config.log.every_steps == 0 or done == config.total_steps:
+                last = writer.write(done, m)
+                bar.set_postfix(reward=f"{m['reward_mean']:.3f}", acc=f"{m['acc_mean']:.2f}",
+                                tokens=f"{m['response_tokens_mean']:.0f}")
+            skipped_in_row = skipped_in_row + 1 if m["skipped"] else 0
+            if skipped_in_row >= config.optim.max_skipped:
+                raise FloatingPointError(f"{skipped_in_row} non-finite updates in a row at "
+                                         f"step {done}; last metrics: {m}")
+            if checkpoint.save_if_due(ckpt, preemption, done, config, state, model_cfg,
+                                      stream.position):
+                break  # Preempted: saved, and every process stops here.
     return {"state": state, "model_config": model_cfg, "last_metrics": last, "step": done}
 
 
