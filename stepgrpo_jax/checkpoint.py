@@ -14,7 +14,8 @@ import dataclasses
 import json
 import os
 import signal
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,9 @@ from jax.sharding import Mesh
 from stepgrpo_jax import hf, model, parallel
 from stepgrpo_jax.model import ModelConfig, Params
 from stepgrpo_jax.train_state import TrainState
+
+if TYPE_CHECKING:
+    from stepgrpo_jax.metrics import MetricsWriter
 
 
 def config_to_json(cfg: ModelConfig) -> dict[str, Any]:
@@ -302,7 +306,8 @@ class Preemption:
 
 
 @contextlib.contextmanager
-def training_run(ckpt: Checkpoints, writer, *closing):
+def training_run(ckpt: Checkpoints, writer: MetricsWriter, *closing: Any
+                 ) -> Iterator[Preemption]:
     """Around a training loop: yields its `Preemption` watcher. At the end, also on an error,
     stops the watcher, closes `closing` (e.g. the grader pool), lets the last save land and
     closes the manager and the metrics `writer`; after a normal end process 0 says where they
