@@ -9,9 +9,9 @@ A teacher trace (Qwen3 thinking format) has these parts:
 - **The first attempt** states the sum at once: "The sum is 19." For a small model this is one
   prediction from all the terms, reliable for three terms and not for five. The teacher's own
   first attempt is also wrong (a near miss) with a chance that rises with difficulty
-  (`first_slip_prob`: 0% at d = 1, 40% at d = 3), so the warm start learns a first attempt
+  (`first_slip_prob`: 0% at d = 1, 50% at d = 3), so the warm start learns a first attempt
   that is cheap and, on hard problems, unreliable.
-- **A commitment** in a fifth of the traces (`COMMIT`), whatever the first attempt: the
+- **A commitment** in a tenth of the traces (`COMMIT`), whatever the first attempt: the
   teacher states it as the final answer, "**Final Answer**\n\boxed{19}", and closes thinking
   if it is right, or goes on to the careful check ("Wait") if it is wrong. This line is the
   DTR probe's own text (`PROBE_PROMPT`, SPEC §3) at the first step boundary, so what the model
@@ -53,7 +53,7 @@ MAX_VOCAB = 1024
 MAX_RECHECKS = 3  # Re-checks after the careful check: uniform in 0..MAX_RECHECKS.
 # Chance that the first attempt is committed to as the final answer (the probe's own text), to
 # close thinking if right (as a DTR exit at the first step boundary would) or go on to the check.
-COMMIT = 0.2
+COMMIT = 0.1
 PLAIN_CLOSE = 0.2  # Chance that thinking ends with EXIT_SUFFIX alone, as after a DTR early exit.
 
 _PROBLEM = re.compile(r"What is (\d+(?:\+\d+)+)\?")
@@ -70,7 +70,7 @@ _RECHECKS = (
 
 def first_slip_prob(difficulty: int) -> float:
     """Chance that the teacher's first attempt (the sum stated at once) is wrong."""
-    return min(0.2 * (difficulty - 1), 0.6)
+    return min(0.25 * (difficulty - 1), 0.75)
 
 
 def terms_of(problem: str) -> list[int]:
