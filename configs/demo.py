@@ -1,4 +1,4 @@
-"""The embedded default: the overthinking testbed on a laptop CPU (under 10 minutes on 2 cores).
+"""The embedded default: the overthinking testbed on a laptop CPU (about 10 minutes on 2 cores).
 
   python main.py --config configs/demo.py --workdir /tmp/demo
 
@@ -25,7 +25,8 @@ def get_config():
     c.demo.sft_steps = 600
     c.demo.sft_learning_rate = 1e-2
     c.demo.sft_warmup_steps = 20
-    c.demo.sft_more_steps = 0  # A second warm-start round (demo.warm_start); 0: none.
+    # A second warm-start round (demo.warm_start; 0: none): it makes the careful check reliable.
+    c.demo.sft_more_steps = 600
     c.demo.sft_more_learning_rate = 5e-3
 
     # A small Qwen3: 4 layers, width 96, the testbed's 403-token vocabulary padded to 416.
@@ -48,6 +49,10 @@ def get_config():
     c.sampling.batch_size = 160  # Decode rows: every completion of a step starts at once.
     c.sampling.cache_dtype = "float32"  # bfloat16 is emulated, so slow, on CPU.
     c.dtr.exit_margin = 10
+    # Probe at the first step boundary only. After the careful check the probe is always
+    # confident (every trace closes after it), so probing there too would cut nearly every
+    # rollout before its re-checks, and the step reward would have no redundant steps to rank.
+    c.dtr.max_probes = 1
 
     c.grpo.group_size = 5
     c.grpo.prompts_per_step = 32

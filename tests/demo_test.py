@@ -10,6 +10,7 @@ import pytest
 
 SHRINK = {
     "demo.n_train": 16, "demo.n_eval": 12, "demo.n_sft": 48, "demo.sft_steps": 6,
+    "demo.sft_more_steps": 3,
     "demo.sft_warmup_steps": 2, "total_steps": 2,
     "model.overrides.embed_dim": 32, "model.overrides.mlp_dim": 64,
     "model.overrides.num_layers": 2, "model.overrides.num_heads": 2,
@@ -60,3 +61,18 @@ def test_a_preempted_stage_stops_the_demo(monkeypatch, tmp_path):
         demo.reinforce(config, "ckpt", paths, str(tmp_path))
     monkeypatch.setattr(trainer, "train", lambda c, w: {"step": c.total_steps})
     assert demo.reinforce(config, "ckpt", paths, str(tmp_path)) == f"{tmp_path}/checkpoints"
+
+
+@pytest.mark.parametrize("field", ["sft_steps", "sft_more_steps"])
+def test_a_warm_start_round_shorter_than_its_warmup_is_refused(monkeypatch, field):
+    """Each round warms its learning rate up again: one no longer than the warm-up is a
+    config error named by its field, before any training."""
+    from configs import demo as demo_config
+    from stepgrpo_jax import demo, sft
+
+    config = demo_config.get_config()
+    monkeypatch.setattr(sft, "train", lambda c, w: pytest.fail("trained"))
+    with config.unlocked():
+        config.demo[field] = config.demo.sft_warmup_steps
+    with pytest.raises(ValueError, match=f"demo.{field}=20 must exceed demo.sft_warmup_steps"):
+        demo.warm_start(config, {"tokenizer": "t", "sft": "x.jsonl"}, "/nonexistent")

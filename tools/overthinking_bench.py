@@ -45,6 +45,9 @@ ARMS = {
     "step_grpo_no_dtr": {"reward.kind": "step_grpo", "dtr.enabled": False},
     "dtr_only": {"reward.kind": "no_step", "dtr.enabled": True},  # No step reward.
     "step_grpo_all_mu": {"reward.kind": "step_grpo_all_mu", "dtr.enabled": True},
+    # SPEC §3's default: probe at up to 10 step boundaries (the testbed's config probes one).
+    "step_grpo_probes10": {"reward.kind": "step_grpo", "dtr.enabled": True,
+                           "dtr.max_probes": 10},
 }
 KEYS = ("accuracy", "response_tokens_mean", "steps_mean")
 SFT = "warm start (SFT)"
