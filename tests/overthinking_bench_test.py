@@ -87,8 +87,9 @@ def test_report_goes_between_the_markers(bench, tmp_path):
 @pytest.mark.slow
 def test_tiny_benchmark_end_to_end(tmp_path):
     """One arm, one seed, one short budget on the shrunk demo; a second call reads the runs
-    back instead of training again. (Several arms are summarized above from fixed results;
-    each arm is the same demo stage with other overrides.)"""
+    back instead of training again, and a third with another budget only evaluates it.
+    (Several arms are summarized above from fixed results; each arm is the same demo stage
+    with other overrides.)"""
     cmd = [sys.executable, "tools/overthinking_bench.py", f"--out={tmp_path}", "--seeds=0",
            "--arms=grpo_lp", "--budgets=16",
            *[f"--config.{k}={v}" for k, v in SHRINK.items()]]
@@ -108,3 +109,17 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     assert os.path.getmtime(tmp_path / "grpo_lp_seed0" / "result.json") == mtime
     assert again.stdout.startswith("Command:")  # Nothing trained or evaluated again,
     assert out.stdout.endswith(again.stdout)  # and the same report.
+    # Another budget: only its evaluations run (nothing trains), and the stored results keep
+    # the budgets measured before while the report shows the ones asked for.
+    metrics_mtime = os.path.getmtime(tmp_path / "grpo_lp_seed0" / "metrics.jsonl")
+    cmd[cmd.index("--budgets=16")] = "--budgets=8"
+    third = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert os.path.getmtime(tmp_path / "grpo_lp_seed0" / "metrics.jsonl") == metrics_mtime
+    for workdir in ("sft", "grpo_lp_seed0"):
+        with open(tmp_path / workdir / "result.json") as f:
+            assert set(json.load(f)["budgets"]) == {"8", "16", "32"}
+        assert (tmp_path / workdir / "eval_8.json").exists()
+    with open(tmp_path / "results.json") as f:
+        assert set(json.load(f)["sft"]["budgets"]) == {"8", "32"}
+    assert "| arm | 8 | 32 |" in third.stdout

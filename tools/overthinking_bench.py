@@ -190,23 +190,41 @@ def plot(results: dict, path: str) -> None:
     fig.savefig(path, dpi=90)
 
 
-def evaluate_all(config, model_dir: str, paths: dict, workdir: str, budgets: list[int]) -> dict:
-    """The main evaluation (overall, by difficulty) and the accuracy at each shorter budget."""
-    main = demo.measure(config, model_dir, paths, workdir)
-    result = {k: main[k] for k in (*KEYS, "by_difficulty")}
-    result["budgets"] = {str(config.eval.max_new_tokens): main["accuracy"]}
+def evaluate_all(config, model_dir: str, paths: dict, workdir: str, budgets: list[int],
+                 stored: dict | None = None) -> dict:
+    """The main evaluation (overall, by difficulty) and the accuracy at each shorter budget.
+
+    With `stored` (an earlier result of the same model), only the budgets it lacks are
+    measured and added to it."""
+    if stored is None:
+        main = demo.measure(config, model_dir, paths, workdir)
+        stored = {k: main[k] for k in (*KEYS, "by_difficulty")}
+        stored["budgets"] = {str(config.eval.max_new_tokens): main["accuracy"]}
+    result = {**stored, "budgets": dict(stored["budgets"])}
     for b in budgets:
-        r = demo.measure(config, model_dir, paths, workdir, f"eval_{b}",
-                         {"eval.max_new_tokens": b})
-        result["budgets"][str(b)] = r["accuracy"]
+        if str(b) not in result["budgets"]:
+            r = demo.measure(config, model_dir, paths, workdir, f"eval_{b}",
+                             {"eval.max_new_tokens": b})
+            result["budgets"][str(b)] = r["accuracy"]
     return result
 
 
-def _cached(path: str, compute) -> dict:
+def _at_budgets(result: dict, budgets: list[str]) -> dict:
+    """`result` with the accuracy at `budgets` only (a stored run may hold more)."""
+    return {**result, "budgets": {b: result["budgets"][b] for b in budgets}}
+
+
+def _cached(path: str, compute, update=None) -> dict:
+    """The result stored at `path`, else `compute()`, stored. `update(stored)` completes a
+    stored result (the budgets it lacks); what it changes is stored again."""
     if os.path.exists(path):
         with open(path) as f:
-            return json.load(f)
-    result = compute()
+            result = json.load(f)
+        if update is None or (updated := update(result)) == result:
+            return result
+        result = updated
+    else:
+        result = compute()
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     return result
@@ -220,8 +238,10 @@ def run(config, out: str, arms: list[str], seeds: list[int], budgets: list[int])
     if not os.path.exists(os.path.join(sft_workdir, "done")):
         demo.warm_start(config, paths, sft_workdir)
         open(os.path.join(sft_workdir, "done"), "w").close()
+    shown = [str(b) for b in (config.eval.max_new_tokens, *budgets)]
     base = _cached(os.path.join(sft_workdir, "result.json"),
-                   lambda: evaluate_all(config, sft_dir, paths, sft_workdir, budgets))
+                   lambda: evaluate_all(config, sft_dir, paths, sft_workdir, budgets),
+                   lambda r: evaluate_all(config, sft_dir, paths, sft_workdir, budgets, r))
     first_step = _cached(os.path.join(sft_workdir, "first_step.json"), lambda: {
         k: v for k, v in demo.measure(config, sft_dir, paths, sft_workdir, "eval_first_step",
                                       {"eval.exit_after_first_step": True}).items()
@@ -236,8 +256,14 @@ def run(config, out: str, arms: list[str], seeds: list[int], budgets: list[int])
                 return evaluate_all(c, demo.reinforce(c, sft_dir, paths, workdir), paths,
                                     workdir, budgets)
 
-            runs.setdefault(arm, {})[seed] = _cached(os.path.join(workdir, "result.json"),
-                                                     train_and_measure)
+            def add_budgets(stored, c=c, workdir=workdir):
+                return evaluate_all(c, os.path.join(workdir, "checkpoints"), paths, workdir,
+                                    budgets, stored)
+
+            stored = _cached(os.path.join(workdir, "result.json"), train_and_measure,
+                             add_budgets)
+            runs.setdefault(arm, {})[seed] = _at_budgets(stored, shown)
+    base = _at_budgets(base, shown)
     results = {"sft": base, "targets": targets(base, first_step), "runs": runs,
                "summary": summarize(runs, base)}
     with open(os.path.join(out, "results.json"), "w") as f:
