@@ -49,11 +49,10 @@ def warm_start(config: ml_collections.ConfigDict, paths: dict[str, str], workdir
     restart of the cosine schedule), under `{workdir}/more`.
     """
     d = config.demo
-    for field, steps in (("sft_steps", d.sft_steps), ("sft_more_steps", d.sft_more_steps)):
-        if steps and steps <= d.sft_warmup_steps:  # Each round warms up again.
-            raise ValueError(f"demo.{field}={steps} must exceed demo.sft_warmup_steps="
-                             f"{d.sft_warmup_steps}" + (" (or be 0: no second round)"
-                                                        if field == "sft_more_steps" else ""))
+    for field, zero in (("sft_steps", ""), ("sft_more_steps", " (or be 0: no second round)")):
+        if d[field] and d[field] <= d.sft_warmup_steps:  # Each round warms up again.
+            raise ValueError(f"demo.{field}={d[field]} must exceed demo.sft_warmup_steps="
+                             f"{d.sft_warmup_steps}{zero}")
     c = override(config, mode="sft", tokenizer_dir=paths["tokenizer"], total_steps=d.sft_steps,
                  **{"data.train_files": (paths["sft"],), "data.response": "response",
                     "optim.learning_rate": d.sft_learning_rate, "optim.schedule": "cosine",

@@ -214,19 +214,18 @@ def _at_budgets(result: dict, budgets: list[str]) -> dict:
     return {**result, "budgets": {b: result["budgets"][b] for b in budgets}}
 
 
-def _cached(path: str, compute, update=None) -> dict:
-    """The result stored at `path`, else `compute()`, stored. `update(stored)` completes a
-    stored result (the budgets it lacks); what it changes is stored again."""
+def _cached(path: str, compute) -> dict:
+    """`compute(stored)`, where `stored` is the result stored at `path` (None if there is
+    none), and stores what it returns if that differs: a stored result is read back and only
+    completed (the budgets it lacks)."""
+    stored = None
     if os.path.exists(path):
         with open(path) as f:
-            result = json.load(f)
-        if update is None or (updated := update(result)) == result:
-            return result
-        result = updated
-    else:
-        result = compute()
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
+            stored = json.load(f)
+    result = compute(stored)
+    if result != stored:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
     return result
 
 
@@ -239,10 +238,9 @@ def run(config, out: str, arms: list[str], seeds: list[int], budgets: list[int])
         demo.warm_start(config, paths, sft_workdir)
         open(os.path.join(sft_workdir, "done"), "w").close()
     shown = [str(b) for b in (config.eval.max_new_tokens, *budgets)]
-    base = _cached(os.path.join(sft_workdir, "result.json"),
-                   lambda: evaluate_all(config, sft_dir, paths, sft_workdir, budgets),
-                   lambda r: evaluate_all(config, sft_dir, paths, sft_workdir, budgets, r))
-    first_step = _cached(os.path.join(sft_workdir, "first_step.json"), lambda: {
+    base = _cached(os.path.join(sft_workdir, "result.json"), lambda stored: evaluate_all(
+        config, sft_dir, paths, sft_workdir, budgets, stored))
+    first_step = _cached(os.path.join(sft_workdir, "first_step.json"), lambda stored: stored or {
         k: v for k, v in demo.measure(config, sft_dir, paths, sft_workdir, "eval_first_step",
                                       {"eval.exit_after_first_step": True}).items()
         if k != "records"})
@@ -252,16 +250,13 @@ def run(config, out: str, arms: list[str], seeds: list[int], budgets: list[int])
             workdir = os.path.join(out, f"{arm}_seed{seed}")
             c = demo.override(config, seed=seed, **ARMS[arm])
 
-            def train_and_measure(c=c, workdir=workdir):
-                return evaluate_all(c, demo.reinforce(c, sft_dir, paths, workdir), paths,
-                                    workdir, budgets)
+            def train_and_measure(stored, c=c, workdir=workdir):
+                # A stored run is not trained again, only evaluated at the budgets it lacks.
+                model_dir = (demo.reinforce(c, sft_dir, paths, workdir) if stored is None
+                             else os.path.join(workdir, "checkpoints"))
+                return evaluate_all(c, model_dir, paths, workdir, budgets, stored)
 
-            def add_budgets(stored, c=c, workdir=workdir):
-                return evaluate_all(c, os.path.join(workdir, "checkpoints"), paths, workdir,
-                                    budgets, stored)
-
-            stored = _cached(os.path.join(workdir, "result.json"), train_and_measure,
-                             add_budgets)
+            stored = _cached(os.path.join(workdir, "result.json"), train_and_measure)
             runs.setdefault(arm, {})[seed] = _at_budgets(stored, shown)
     base = _at_budgets(base, shown)
     results = {"sft": base, "targets": targets(base, first_step), "runs": runs,
